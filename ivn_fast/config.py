@@ -1,0 +1,392 @@
+"""One config tree for every entry point: dataclasses with help text, presets, dotted overrides.
+
+A field's help lives next to its default (``field(..., metadata={"help": ...})``) so ``--help``,
+the docs and validation never drift apart. Presets are partial trees applied over the defaults;
+command-line ``--a.b.c VALUE`` overrides come last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+class ConfigError(ValueError):
+    """A bad config value or path, reported as one line naming the field."""
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta, **kw)
+
+
+def _section(cls: type) -> Any:
+    return field(default_factory=cls)
+
+
+@dataclass
+class EncoderConfig:
+    embed_dim: int = _f(768, "encoder width (ViT-B 768, ViT-L 1024)")
+    depth: int = _f(12, "number of transformer blocks (ViT-B 12, ViT-L 24)")
+    num_heads: int = _f(12, "attention heads per block")
+    mlp_ratio: float = _f(4.0, "MLP hidden width / encoder width")
+    patch_size: int = _f(14, "spatial patch size in pixels (one frame per tubelet)")
+    num_cls: int = _f(4, "learnable CLS tokens prepended to the visible tokens")
+    qk_norm: bool = _f(True, "RMSNorm on queries and keys")
+    layerscale: float = _f(1e-5, "LayerScale init value (0 disables LayerScale)")
+    drop_path: float = _f(0.1, "stochastic-depth rate of the last block (linear ramp from 0)")
+
+
+@dataclass
+class PredictorConfig:
+    kind: str = _f("modernbert", "predictor architecture", ("modernbert", "vit"))
+    path: str = _f("", "local directory of a ModernBERT model (config.json + safetensors); "
+                       "empty with init=false uses the built-in ModernBERT-Large shapes")
+    num_layers: int = _f(5, "how many of ModernBERT's last layers form the predictor (k)")
+    init: bool = _f(True, "initialise the layers from the pretrained weights in `path`")
+    vit_depth: int = _f(5, "depth of the plain ViT predictor (kind=vit)")
+    vit_width: int = _f(1024, "width of the plain ViT predictor (kind=vit)")
+    vit_heads: int = _f(16, "heads of the plain ViT predictor (kind=vit)")
+
+
+@dataclass
+class DecoderConfig:
+    kind: str = _f("diffusion", "pixel decoder: diffusion MLP, linear head or 3-layer MLP head",
+                   ("diffusion", "linear", "mlp"))
+    width: int = _f(1536, "decoder width")
+    depth: int = _f(6, "residual blocks of the diffusion MLP")
+    batch_mul: int = _f(1, "noise draws per masked token per step (diffusion_batch_mul)")
+    sampling_steps: int = _f(100, "respaced sampling steps for reconstructions")
+    fp32: bool = _f(True, "run the diffusion head in float32 under autocast")
+
+
+@dataclass
+class TeacherConfig:
+    path: str = _f(str(ASSETS / "tiny_siglip"),
+                   "local directory of a SigLIP / SigLIP2 vision model saved by transformers")
+    num_layers: int = _f(6, "teacher layers (and last student blocks) used for alignment")
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = _section(EncoderConfig)
+    predictor: PredictorConfig = _section(PredictorConfig)
+    decoder: DecoderConfig = _section(DecoderConfig)
+    teacher: TeacherConfig = _section(TeacherConfig)
+    pool_heads: int = _f(16, "heads of the attention pooling that makes the final feature")
+    pool_dim: int = _f(768, "width of the attention-pooled final feature before its head")
+
+
+@dataclass
+class MaskConfig:
+    kind: str = _f("semantic", "Stage 1 mask: teacher-attention sampling, strict top-k, random, tube",
+                   ("semantic", "topk", "random", "tube"))
+    ratio: float = _f(0.8, "fraction of tokens masked (released scripts use 0.75)")
+
+
+@dataclass
+class LossConfig:
+    terms: str = _f("both", "which Stage 1 objectives to train (Table 1a)", ("both", "align", "recon"))
+    w_mid: float = _f(1.0, "weight of the per-token alignment of the last student blocks")
+    w_final: float = _f(1.0, "weight of the attention-pooled final-feature alignment")
+    w_recon: float = _f(1.0, "weight of the pixel reconstruction loss")
+
+
+@dataclass
+class DataConfig:
+    source: str = _f("synthetic", "training data", ("synthetic",))
+    num_frames: int = _f(16, "frames per clip")
+    size: int = _f(224, "frame height and width in pixels (multiple of the patch size)")
+    synthetic_videos: int = _f(4096, "clips in the built-in synthetic set")
+    num_workers: int = _f(2, "DataLoader worker processes")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-3, "base learning rate (per 256 clips when scale_lr is on)")
+    scale_lr: bool = _f(True, "multiply lr, min_lr and warmup_lr by global_batch / 256")
+    min_lr: float = _f(1e-5, "final learning rate of the cosine decay")
+    warmup_lr: float = _f(1e-6, "learning rate at step 0 of the warmup")
+    warmup_steps: int = _f(2685, "linear warmup steps")
+    weight_decay: float = _f(0.05, "AdamW weight decay (not on norms, biases, tables, tokens)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.98, "AdamW beta2")
+    eps: float = _f(1e-6, "AdamW epsilon")
+    grad_clip: float = _f(5.0, "gradient-norm clip (0 disables)")
+
+
+@dataclass
+class TrainConfig:
+    stage: int = _f(1, "pretraining stage")
+    batch_size: int = _f(2048, "global batch in clips (split evenly over processes)")
+    max_steps: int = _f(26850, "optimiser steps in the whole run")
+    seed: int = _f(0, "seed for model init, data order and masks")
+    precision: str = _f("auto", "bf16 autocast on GPU, fp32 on CPU under auto", ("auto", "bf16", "fp32"))
+    device: str = _f("auto", "cuda when available, else cpu", ("auto", "cuda", "cpu"))
+    attention: str = _f("auto", "attention backend", ("auto", "flash_attn", "sdpa"))
+    log_every: int = _f(10, "steps between log lines and metric records")
+    ckpt_every: int = _f(1000, "steps between checkpoints (one is always written at the end)")
+    keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")
+    picture_every: int = _f(0, "steps between recon.png refreshes (0: only at the end)")
+    tensorboard: bool = _f(True, "write TensorBoard events next to metrics.jsonl")
+    progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = _section(ModelConfig)
+    mask: MaskConfig = _section(MaskConfig)
+    loss: LossConfig = _section(LossConfig)
+    data: DataConfig = _section(DataConfig)
+    optim: OptimConfig = _section(OptimConfig)
+    train: TrainConfig = _section(TrainConfig)
+    output_dir: str = _f("runs/ivn", "where checkpoints, metrics and pictures go")
+
+
+# --------------------------------------------------------------------------- presets
+
+_VIT_B = {"embed_dim": 768, "depth": 12, "num_heads": 12, "drop_path": 0.1}
+_VIT_L = {"embed_dim": 1024, "depth": 24, "num_heads": 16, "drop_path": 0.2}
+_MODERNBERT_L = {"kind": "modernbert", "path": "weights/ModernBERT-large", "num_layers": 5, "init": True}
+_SIGLIP2_L = "weights/siglip2-large-patch16-256"
+_SIGLIP2_1B = "weights/siglip2-giant-opt-patch16-256"
+
+
+def _paper_run(encoder: dict, teacher: str, frames: int, batch: int, videos: int, epochs: int) -> dict:
+    """A preset on the paper's schedule: `epochs` over `videos` clips, 5 warmup epochs."""
+    per_epoch = videos // batch
+    return {
+        "model": {"encoder": encoder, "predictor": _MODERNBERT_L, "teacher": {"path": teacher}},
+        "data": {"num_frames": frames, "size": 224},
+        "train": {"batch_size": batch, "max_steps": per_epoch * epochs},
+        "optim": {"warmup_steps": per_epoch * 5},
+    }
+
+
+PRESETS: dict[str, tuple[str, dict]] = {
+    "tiny": (
+        "CPU-sized default: tiny encoder, tiny ModernBERT-architecture predictor, the shipped tiny "
+        "SigLIP teacher, synthetic clips; a few minutes on 2 cores",
+        {
+            "model": {
+                "encoder": {"embed_dim": 128, "depth": 6, "num_heads": 2, "drop_path": 0.0},
+                "predictor": {"path": str(ASSETS / "tiny_modernbert"), "num_layers": 2, "init": False},
+                "decoder": {"width": 256, "depth": 3, "sampling_steps": 50},
+                "teacher": {"num_layers": 3},
+                "pool_heads": 2,
+                "pool_dim": 128,
+            },
+            "data": {"num_frames": 8, "size": 112, "num_workers": 2},
+            "optim": {"lr": 1.5e-3, "scale_lr": False, "min_lr": 1e-4, "warmup_lr": 1e-5, "warmup_steps": 30},
+            "train": {"batch_size": 8, "max_steps": 300, "log_every": 10, "ckpt_every": 100},
+            "output_dir": "runs/tiny",
+        },
+    ),
+    "vit-b-ablation": (
+        "paper ablation setting: ViT-B/14, 8 frames, SigLIP2-L teacher, batch 1024, 30 epochs of K710",
+        {**_paper_run(_VIT_B, _SIGLIP2_L, 8, 1024, 660_000, 30), "output_dir": "runs/vit-b-ablation"},
+    ),
+    "vit-b": (
+        "paper final Stage 1: ViT-B/14, 16 frames, SigLIP2-1B teacher, batch 2048, 50 epochs of K-Mash",
+        {**_paper_run(_VIT_B, _SIGLIP2_1B, 16, 2048, 1_100_000, 50), "output_dir": "runs/vit-b"},
+    ),
+    "vit-l": (
+        "paper final Stage 1: ViT-L/14, 16 frames, SigLIP2-1B teacher, batch 2048, 50 epochs of K-Mash",
+        {**_paper_run(_VIT_L, _SIGLIP2_1B, 16, 2048, 1_100_000, 50), "output_dir": "runs/vit-l"},
+    ),
+}
+DEFAULT_PRESET = "tiny"
+
+
+# --------------------------------------------------------------------------- tree helpers
+
+
+def fields_flat(cls: type = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field, type]]:
+    """Every leaf field as (dotted name, field, resolved type), in declaration order."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out.extend(fields_flat(tp, name + "."))
+        else:
+            out.append((name, f, tp))
+    return out
+
+
+def parse_value(text: str, tp: type, name: str) -> Any:
+    """Turn command-line text into a field's type, or raise ConfigError naming the field."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return tp(text)
+    except ValueError:
+        raise ConfigError(f"{name}: cannot read {text!r} as {tp.__name__}") from None
+
+
+def _merge(cfg: Any, tree: dict, prefix: str = "") -> None:
+    names = {f.name: f for f in dataclasses.fields(cfg)}
+    hints = typing.get_type_hints(type(cfg))
+    for key, value in tree.items():
+        key = key.replace("-", "_")
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{dotted}: no such config field")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a section, got {value!r}")
+            _merge(current, value, dotted + ".")
+            continue
+        tp = hints[key]
+        if isinstance(value, str) and tp is not str:
+            value = parse_value(value, tp, dotted)
+        elif tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, tp):
+            raise ConfigError(f"{dotted}: expected {tp.__name__}, got {value!r}")
+        setattr(cfg, key, value)
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Put value at a dotted path of a nested dict."""
+    *parents, leaf = dotted.replace("-", "_").split(".")
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def load_file(path: str) -> dict:
+    """A YAML or TOML config file as a nested dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: file not found: {path}")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        return tomllib.loads(text)
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    raise ConfigError(f"--config: {path} must end in .yaml, .yml or .toml")
+
+
+def build_config(preset: str = DEFAULT_PRESET, *trees: dict) -> Config:
+    """Defaults, then the preset, then each tree in order (file, then command line)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    cfg = Config()
+    for tree in (PRESETS[preset][1], *trees):
+        _merge(cfg, tree)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(tree: dict) -> Config:
+    cfg = Config()
+    _merge(cfg, tree)
+    return cfg
+
+
+def dumps(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, name: str, message: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name} {message} (got {value!r})")
+
+
+def validate(cfg: Config, *, check_paths: bool = True) -> None:
+    """Reject a bad value or a missing weights directory before any work starts."""
+    for name, f, _ in fields_flat():
+        value = cfg
+        for part in name.split("."):
+            value = getattr(value, part)
+        if "choices" in f.metadata:
+            _check(value in f.metadata["choices"], name, f"must be one of {list(f.metadata['choices'])}", value)
+    e, m, d, t, o = cfg.model.encoder, cfg.mask, cfg.data, cfg.train, cfg.optim
+    positive = {
+        "model.encoder.embed_dim": e.embed_dim, "model.encoder.depth": e.depth,
+        "model.encoder.num_heads": e.num_heads, "model.encoder.patch_size": e.patch_size,
+        "model.predictor.num_layers": cfg.model.predictor.num_layers,
+        "model.decoder.width": cfg.model.decoder.width, "model.decoder.depth": cfg.model.decoder.depth,
+        "model.decoder.batch_mul": cfg.model.decoder.batch_mul,
+        "model.decoder.sampling_steps": cfg.model.decoder.sampling_steps,
+        "model.teacher.num_layers": cfg.model.teacher.num_layers,
+        "model.pool_heads": cfg.model.pool_heads, "model.pool_dim": cfg.model.pool_dim,
+        "data.num_frames": d.num_frames, "data.size": d.size, "data.synthetic_videos": d.synthetic_videos,
+        "train.batch_size": t.batch_size, "train.max_steps": t.max_steps, "train.log_every": t.log_every,
+        "train.ckpt_every": t.ckpt_every, "train.keep_checkpoints": t.keep_checkpoints,
+        "optim.lr": o.lr,
+    }
+    for name, value in positive.items():
+        _check(value > 0, name, "must be > 0", value)
+    nonneg = {"model.encoder.num_cls": e.num_cls, "data.num_workers": d.num_workers,
+              "optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
+              "optim.grad_clip": o.grad_clip, "optim.min_lr": o.min_lr, "optim.warmup_lr": o.warmup_lr,
+              "train.picture_every": t.picture_every, "model.encoder.layerscale": e.layerscale}
+    for name, value in nonneg.items():
+        _check(value >= 0, name, "must be >= 0", value)
+    _check(0.0 <= m.ratio < 1.0, "mask.ratio", "must be in [0, 1)", m.ratio)
+    _check(0.0 <= e.drop_path < 1.0, "model.encoder.drop_path", "must be in [0, 1)", e.drop_path)
+    _check(e.embed_dim % e.num_heads == 0, "model.encoder.embed_dim", f"must be divisible by num_heads={e.num_heads}",
+           e.embed_dim)
+    _check(e.embed_dim % 16 == 0, "model.encoder.embed_dim", "must be a multiple of 16 (3D sine-cosine table)",
+           e.embed_dim)
+    _check(d.size % e.patch_size == 0, "data.size", f"must be a multiple of patch_size={e.patch_size}", d.size)
+    _check(cfg.model.pool_dim % cfg.model.pool_heads == 0, "model.pool_dim",
+           f"must be divisible by pool_heads={cfg.model.pool_heads}", cfg.model.pool_dim)
+    _check(cfg.model.teacher.num_layers <= e.depth, "model.teacher.num_layers",
+           f"must be <= model.encoder.depth={e.depth}", cfg.model.teacher.num_layers)
+    _check(0.0 < o.beta1 < 1.0 and 0.0 < o.beta2 < 1.0, "optim.beta1/beta2", "must be in (0, 1)",
+           (o.beta1, o.beta2))
+    _check(o.warmup_steps <= t.max_steps, "optim.warmup_steps", f"must be <= train.max_steps={t.max_steps}",
+           o.warmup_steps)
+    _check(t.stage == 1, "train.stage", "must be 1 (Stage 2 is not part of this trainer yet)", t.stage)
+    if check_paths:
+        _check_dir(cfg.model.teacher.path, "model.teacher.path", "config.json")
+        p = cfg.model.predictor
+        if p.kind == "modernbert" and (p.init or p.path):
+            _check_dir(p.path, "model.predictor.path", "config.json")
+
+
+def _check_dir(path: str, name: str, must_hold: str) -> None:
+    if not path:
+        raise ConfigError(f"{name}: no directory given")
+    p = Path(path)
+    if not p.is_dir():
+        raise ConfigError(f"{name}: directory not found: {path}")
+    if not (p / must_hold).is_file():
+        raise ConfigError(f"{name}: {path} holds no {must_hold}")

@@ -1,0 +1,1 @@
+"""Clips in, normalised tensors out: datasets, decoders, transforms and the synthetic set."""

@@ -1,0 +1,1 @@
+"""Encoder, predictor, decoders, teacher and heads: each written once, composed by the stages."""

@@ -1,0 +1,1 @@
+"""Training: the generic trainer and its components, and the stage tasks it runs."""

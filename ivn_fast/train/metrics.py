@@ -1,0 +1,56 @@
+"""Where numbers go: one JSON object per logged step, TensorBoard scalars, a concise log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("ivn_fast")
+
+
+class MetricsWriter:
+    """metrics.jsonl (appended, so a resumed run continues the same file) plus TensorBoard."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool, enabled: bool = True):
+        self.enabled = enabled
+        self.file = None
+        self.tb = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.file = open(out_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.warning("tensorboard is not installed: writing metrics.jsonl only")
+            else:
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            step = record["step"]
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def format_line(record: dict, max_steps: int) -> str:
+    """`step 120/300 | loss 1.234 (mid 0.5 final 0.3 recon 0.4) | lr 1.2e-03 | 45.1 clips/s`."""
+    terms = " ".join(f"{k[5:]} {record[k]:.4f}" for k in record if k.startswith("loss_"))
+    parts = [f"step {record['step']}/{max_steps}", f"loss {record['loss']:.4f} ({terms})",
+             f"lr {record['lr']:.2e}", f"grad {record['grad_norm']:.2f}",
+             f"{record['clips_per_s']:.1f} clips/s", f"data {100 * record['data_wait_frac']:.0f}%"]
+    if record.get("skipped_steps"):
+        parts.append(f"skipped {record['skipped_steps']}")
+    return " | ".join(parts)

@@ -1,0 +1,224 @@
+"""The one trainer: forward_backward_step, train_step, train; stage specifics live in the task."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ivn_fast.config import Config, to_dict
+from ivn_fast.data.loader import build_loader
+from ivn_fast.data.synthetic import SyntheticVideos
+from ivn_fast.train import checkpoint as ckpt
+from ivn_fast.train.distributed import World, all_finite, barrier, mean_over_ranks
+from ivn_fast.train.metrics import MetricsWriter, format_line
+from ivn_fast.train.optim import LRSchedule, build_optimizer
+from ivn_fast.train.stage1 import Stage1Task
+from ivn_fast.viz import save_clip_grid
+
+log = logging.getLogger("ivn_fast")
+
+# Config sections a resumed run must share with the run that wrote the checkpoint.
+RESUME_MUST_MATCH = ("model", "mask", "loss", "data", "train.batch_size", "train.seed", "train.stage")
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint written by a run with a different config."""
+
+
+def config_diff(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_MUST_MATCH) -> list[str]:
+    """Dotted names of the fields under `keys` whose values differ."""
+
+    def flat(tree: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else k))
+        return out
+
+    a, b = flat(saved, ""), flat(current, "")
+    names = sorted(set(a) | set(b))
+    return [n for n in names if any(n == k or n.startswith(k + ".") for k in keys) and a.get(n) != b.get(n)]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, world: World, *, resume: bool = False):
+        self.cfg, self.world = cfg, world
+        self.out_dir = Path(cfg.output_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        device = resolve_device(cfg.train.device)
+        if device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+        self.device = device
+        self.amp_dtype = torch.bfloat16 if (cfg.train.precision == "bf16" or (
+            cfg.train.precision == "auto" and device.type == "cuda")) else None
+
+        torch.manual_seed(cfg.train.seed)
+        self.task = Stage1Task(cfg, device, seed=cfg.train.seed * 1000 + world.rank)
+        self.raw_model = self.task.build_model().to(device)
+        self.model: nn.Module = self.raw_model
+        if world.size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = build_optimizer(self.raw_model, cfg.optim, device)
+        self.schedule = LRSchedule(cfg.optim, cfg.train.max_steps, cfg.train.batch_size)
+        self.step = 0
+        self.skipped = 0
+        if resume:
+            self._resume()
+        self.dataset = SyntheticVideos(num_videos=cfg.data.synthetic_videos, num_frames=cfg.data.num_frames,
+                                       size=cfg.data.size, seed=cfg.train.seed)
+        self.loader = build_loader(
+            self.dataset, cfg.train.batch_size, rank=world.rank, world=world.size, seed=cfg.train.seed,
+            start_step=self.step, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        self.metrics = MetricsWriter(self.out_dir, cfg.train.tensorboard, enabled=world.is_main)
+        self.picture_batch = next(iter(build_loader(
+            self.dataset, min(4, len(self.dataset)), rank=0, world=1, seed=cfg.train.seed + 1, start_step=0,
+            num_workers=0, pin_memory=False)))["video"]
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "skipped_steps": self.skipped,
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": {"step": self.step, "lr": self.schedule(self.step)},
+            "data": {"next_step": self.step, "seed": self.cfg.train.seed,
+                     "global_batch": self.cfg.train.batch_size},
+            "rng": ckpt.rng_state(),
+            "mask_rng": self.task.mask_generator.get_state(),
+            "config": to_dict(self.cfg),
+        }
+
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.ckpt_root)
+        if path is None:
+            log.info("no checkpoint under %s: starting from step 0", self.ckpt_root)
+            return
+        state = ckpt.load_checkpoint(path)
+        diff = config_diff(state["config"], to_dict(self.cfg))
+        if diff:
+            raise CheckpointMismatch(
+                f"checkpoint {path} was written with a different config; differing fields: {', '.join(diff)}")
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.skipped = state["skipped_steps"]
+        ckpt.set_rng_state(state["rng"])
+        self.task.mask_generator.set_state(state["mask_rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save(self) -> None:
+        if self.world.is_main:
+            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.state_dict(), self.cfg.train.keep_checkpoints)
+            log.info("saved checkpoint %s", path)
+        barrier()
+
+    # ------------------------------------------------------------------ steps
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def forward_backward_step(self, video: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
+        """Loss terms and whether they were finite on every rank (only then is there a backward)."""
+        with self._autocast():
+            terms = self.task.losses(self.model, video)
+        finite = all_finite(terms["loss"])
+        if finite:
+            terms["loss"].backward()
+        return terms, finite
+
+    def train_step(self, video: torch.Tensor) -> dict[str, float]:
+        lr = self.schedule.apply(self.optimizer, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms, ok = self.forward_backward_step(video)
+        grad_norm = torch.zeros(())
+        if ok:
+            clip = self.cfg.optim.grad_clip or float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+            ok = all_finite(grad_norm)
+        if ok:
+            self.optimizer.step()
+        else:
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            log.warning("step %d: non-finite loss or gradient on some rank, update skipped (%d so far)",
+                        self.step, self.skipped)
+        self.step += 1
+        values = torch.stack([v.detach().float() for v in terms.values()] + [grad_norm.float().to(self.device)])
+        values = mean_over_ranks(values).tolist()
+        record = dict(zip(list(terms) + ["grad_norm"], values))
+        record["lr"] = lr
+        return record
+
+    # ------------------------------------------------------------------ loop
+
+    def save_picture(self) -> None:
+        if not self.world.is_main:
+            return
+        devices = [self.device] if self.device.type == "cuda" else []
+        self.raw_model.eval()
+        with torch.random.fork_rng(devices=devices), self._autocast():
+            rows = self.task.reconstruct(self.raw_model, self.picture_batch.to(self.device))
+        self.raw_model.train()
+        path = save_clip_grid(rows, self.out_dir / "recon.png")
+        log.info("wrote %s (%s)", path, " / ".join(rows))
+
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg.train
+        self.raw_model.train()
+        start_step = self.step
+        window: list[dict[str, float]] = []
+        t_window, wait_window = time.perf_counter(), 0.0
+        last: dict[str, float] = {}
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.world.is_main),
+                   dynamic_ncols=True, desc="stage 1")
+        batches = iter(self.loader)
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            video = next(batches)["video"].to(self.device, non_blocking=True)
+            wait_window += time.perf_counter() - t0
+            window.append(self.train_step(video))
+            bar.update(1)
+            bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                elapsed = time.perf_counter() - t_window
+                last = {k: sum(r[k] for r in window) / len(window) for k in window[-1]}
+                last.update(step=self.step, lr=window[-1]["lr"], skipped_steps=self.skipped,
+                            clips_per_s=len(window) * cfg.batch_size / elapsed,
+                            step_time_s=elapsed / len(window), data_wait_frac=wait_window / elapsed)
+                if self.device.type == "cuda":
+                    last["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                self.metrics.write(last)
+                if self.world.is_main:
+                    bar.write(format_line(last, cfg.max_steps))
+                window, t_window, wait_window = [], time.perf_counter(), 0.0
+            if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                self.save()
+            if cfg.picture_every and self.step % cfg.picture_every == 0 and self.step < cfg.max_steps:
+                self.save_picture()
+        bar.close()
+        if self.step > start_step or ckpt.latest_checkpoint(self.ckpt_root) is None:
+            self.save()
+        self.save_picture()
+        self.metrics.close()
+        return last
