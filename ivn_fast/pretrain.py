@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ivn_fast.models.attention import set_backend
     from ivn_fast.train.distributed import init_distributed, shutdown
-    from ivn_fast.train.trainer import CheckpointMismatch, Trainer, resolve_device
+    from ivn_fast.train.checkpoint import CheckpointMismatch
+    from ivn_fast.train.trainer import Trainer, resolve_device
 
     try:
         device = resolve_device(cfg.train.device)

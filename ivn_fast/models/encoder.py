@@ -53,7 +53,7 @@ class VideoEncoder(nn.Module):
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, cfg.num_cls, cfg.embed_dim))
         self.pos_embed = nn.Parameter(sincos_3d(cfg.embed_dim, *grid, num_cls=cfg.num_cls))
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm,
                   layerscale=cfg.layerscale or None, drop_path=r)

@@ -81,3 +81,28 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(file, map_location="cpu", weights_only=False)
+
+
+# Config sections a resumed run must share with the run that wrote the checkpoint.
+RESUME_MUST_MATCH = ("model", "mask", "loss", "data.source", "data.num_frames", "data.size", "data.synthetic_videos",
+                     "train.batch_size", "train.seed", "train.stage")
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint written by a run with a different config."""
+
+
+def config_diff(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_MUST_MATCH) -> list[str]:
+    """Dotted names of the fields under `keys` whose values differ."""
+
+    def flat(tree: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else k))
+        return out
+
+    a, b = flat(saved, ""), flat(current, "")
+    names = sorted(set(a) | set(b))
+    return [n for n in names if any(n == k or n.startswith(k + ".") for k in keys) and a.get(n) != b.get(n)]

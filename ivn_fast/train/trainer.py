@@ -24,30 +24,6 @@ from ivn_fast.viz import save_clip_grid
 
 log = logging.getLogger("ivn_fast")
 
-# Config sections a resumed run must share with the run that wrote the checkpoint.
-RESUME_MUST_MATCH = ("model", "mask", "loss", "data", "train.batch_size", "train.seed", "train.stage")
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint written by a run with a different config."""
-
-
-def config_diff(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_MUST_MATCH) -> list[str]:
-    """Dotted names of the fields under `keys` whose values differ."""
-
-    def flat(tree: Any, prefix: str) -> dict[str, Any]:
-        if not isinstance(tree, dict):
-            return {prefix: tree}
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else k))
-        return out
-
-    a, b = flat(saved, ""), flat(current, "")
-    names = sorted(set(a) | set(b))
-    return [n for n in names if any(n == k or n.startswith(k + ".") for k in keys) and a.get(n) != b.get(n)]
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,9 +89,9 @@ class Trainer:
             log.info("no checkpoint under %s: starting from step 0", self.ckpt_root)
             return
         state = ckpt.load_checkpoint(path)
-        diff = config_diff(state["config"], to_dict(self.cfg))
+        diff = ckpt.config_diff(state["config"], to_dict(self.cfg))
         if diff:
-            raise CheckpointMismatch(
+            raise ckpt.CheckpointMismatch(
                 f"checkpoint {path} was written with a different config; differing fields: {', '.join(diff)}")
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
