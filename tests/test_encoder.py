@@ -10,7 +10,7 @@ from ivn_fast.models.tokens import gather_tokens, masked_complement, merge_token
 def vit_params(dim: int, depth: int, tokens: int, patch: int = 14, cls: int = 4) -> int:
     """Closed-form parameter count of the released encoder layout."""
     p = 3 * patch * patch
-    patch_embed = p + p * dim + dim  # patch RMSNorm, projection weight and bias
+    patch_embed = p + p * dim + dim + dim  # RMSNorm on the raw patch, projection, RMSNorm
     block = (dim                    # norm1
              + 3 * dim * dim        # qkv, no bias
              + 2 * dim              # q_norm, k_norm
@@ -27,9 +27,9 @@ def test_vit_b_parameter_count():
     with torch.device("meta"):
         enc = VideoEncoder(EncoderConfig(), (16, 16, 16))
     n = sum(p.numel() for p in enc.parameters())
-    assert n == vit_params(768, 12, 16 * 256) == 88_650_060
+    assert n == vit_params(768, 12, 16 * 256) == 88_650_828
     # ViT-B without its position table: the familiar ~85.5M
-    assert n - enc.pos_embed.numel() == 85_501_260
+    assert n - enc.pos_embed.numel() == 85_502_028
 
 
 def test_vit_l_parameter_count():
@@ -72,16 +72,17 @@ def test_any_clip_size_divisible_by_patch():
 
 
 def test_patch_embed_matches_conv3d_with_pre_norm():
-    """Our linear patch embedding equals the released Conv3d layout after permuting the weight."""
+    """Our linear patch embedding equals the released Conv3d layout (with both norms) after permuting the weight."""
     torch.manual_seed(0)
     enc = tiny()
     video = torch.randn(2, 3, 4, 28, 42)
     p = 14
     x = video.permute(0, 2, 3, 4, 1).reshape(2, 4, 2, p, 3, p, 3).permute(0, 1, 2, 4, 3, 5, 6).reshape(2, 24, -1)
-    x = enc.patch_embed.norm(x).reshape(2, 4, 2, 3, p, p, 3).permute(0, 6, 1, 2, 4, 3, 5).reshape(2, 3, 4, 28, 42)
+    x = enc.patch_embed.norm_in(x).reshape(2, 4, 2, 3, p, p, 3).permute(0, 6, 1, 2, 4, 3, 5).reshape(2, 3, 4, 28, 42)
     w = enc.patch_embed.proj.weight.reshape(64, p, p, 3).permute(0, 3, 1, 2).unsqueeze(2)
     ref = torch.nn.functional.conv3d(x, w, enc.patch_embed.proj.bias, stride=(1, p, p))
-    torch.testing.assert_close(enc.patch_embed(video), ref.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+    ref = enc.patch_embed.norm_out(ref.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(enc.patch_embed(video), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_sincos_table_layout_and_resize():

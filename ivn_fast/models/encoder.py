@@ -15,24 +15,25 @@ from ivn_fast.models.tokens import gather_tokens
 
 
 class PatchEmbed(nn.Module):
-    """RMSNorm over each raw patch (pixels in (h, w, c) order), then a linear projection.
+    """RMSNorm over each raw patch (pixels in (h, w, c) order), a linear projection, RMSNorm.
 
-    Equivalent to the released Conv3d patch embedding with a pre-norm; a Linear keeps the
-    projection one matmul over exactly the tokens we need.
+    Equivalent to the released Conv3d patch embedding with its two norms; a Linear keeps the
+    projection one matmul.
     """
 
     def __init__(self, patch: int, dim: int, channels: int = 3):
         super().__init__()
         self.patch = patch
-        self.norm = RMSNorm(channels * patch * patch)
+        self.norm_in = RMSNorm(channels * patch * patch)
         self.proj = nn.Linear(channels * patch * patch, dim)
+        self.norm_out = RMSNorm(dim)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = video.shape
         p = self.patch
         x = video.reshape(b, c, t, h // p, p, w // p, p).permute(0, 2, 3, 5, 4, 6, 1)
         x = x.reshape(b, t * (h // p) * (w // p), p * p * c)
-        return self.proj(self.norm(x))
+        return self.norm_out(self.proj(self.norm_in(x)))
 
 
 @dataclass
