@@ -1,0 +1,98 @@
+"""Per-token MLP denoiser of the diffusion decoder: adaLN residual MLP blocks conditioned on (t, z).
+
+The elementwise pieces (`timestep_embedding`, `modulate`, `gated_residual`) are plain functions
+so that fused kernels can replace them one at a time and be checked against these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features [N, dim] (cos half, then sin half) of timesteps t [N]; dim must be even."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float().unsqueeze(-1) * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x * (1 + scale) + shift, so a zero-initialised modulation starts as the identity."""
+    return x * (1 + scale) + shift
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """x + gate * h; a zero gate makes a fresh block an exact identity."""
+    return x + gate * h
+
+
+def _mlp(dim_in: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim_in, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+
+def _ada(width: int, chunks: int) -> nn.Sequential:
+    return nn.Sequential(nn.SiLU(), nn.Linear(width, chunks * width))
+
+
+class AdaLNBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = _mlp(width, width)
+        self.ada = _ada(width, 3)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(y).chunk(3, dim=-1)
+        return gated_residual(x, gate, self.mlp(modulate(self.norm(x), shift, scale)))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, width: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
+        self.ada = _ada(width, 2)
+        self.proj = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(y).chunk(2, dim=-1)
+        return self.proj(modulate(self.norm(x), shift, scale))
+
+
+class MLPDenoiser(nn.Module):
+    """(x_t [N, C], timesteps [N], z [N, Z]) -> [N, 2C]: predicted epsilon, then the variance value.
+
+    All adaLN projections and the output projection start at zero, so the untrained network
+    predicts eps = 0 and the midpoint variance, and every block starts as the identity.
+    """
+
+    def __init__(self, target_dim: int, width: int, z_dim: int, depth: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.in_proj = nn.Linear(target_dim, width)
+        self.t_embed = _mlp(freq_dim, width)
+        self.c_proj = nn.Linear(z_dim, width)
+        self.blocks = nn.ModuleList(AdaLNBlock(width) for _ in range(depth))
+        self.final = FinalLayer(width, 2 * target_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for lin in (self.t_embed[0], self.t_embed[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+        for lin in [b.ada[1] for b in self.blocks] + [self.final.ada[1], self.final.proj]:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = self.t_embed(timestep_embedding(t, self.freq_dim)) + self.c_proj(z)
+        h = self.in_proj(x)
+        for block in self.blocks:
+            h = block(h, y)
+        return self.final(h, y)
