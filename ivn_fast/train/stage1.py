@@ -34,7 +34,8 @@ class Stage1Task:
         self.recon = cfg.loss.terms in RECON_TERMS
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.teacher = SemanticTeacher.from_pretrained(
-            cfg.model.teacher.path, num_layers=cfg.model.teacher.num_layers, dtype=dtype
+            cfg.model.teacher.path, num_layers=cfg.model.teacher.num_layers, dtype=dtype,
+            student_depth=cfg.model.encoder.depth,
         ).to(device)
         self.mask_generator = torch.Generator(device=device).manual_seed(seed)
 
