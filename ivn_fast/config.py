@@ -366,8 +366,8 @@ def validate(cfg: Config, *, check_paths: bool = True) -> None:
     _check(e.embed_dim % 16 == 0, "model.encoder.embed_dim", "must be a multiple of 16 (3D sine-cosine table)",
            e.embed_dim)
     _check(d.size % e.patch_size == 0, "data.size", f"must be a multiple of patch_size={e.patch_size}", d.size)
-    _check(cfg.model.pool_dim % cfg.model.pool_heads == 0, "model.pool_dim",
-           f"must be divisible by pool_heads={cfg.model.pool_heads}", cfg.model.pool_dim)
+    _check(cfg.model.pool_heads > 0 and e.embed_dim % cfg.model.pool_heads == 0, "model.pool_heads",
+           f"must divide model.encoder.embed_dim={e.embed_dim}", cfg.model.pool_heads)
     _check(cfg.model.teacher.num_layers <= e.depth, "model.teacher.num_layers",
            f"must be <= model.encoder.depth={e.depth}", cfg.model.teacher.num_layers)
     _check(0.0 < o.beta1 < 1.0 and 0.0 < o.beta2 < 1.0, "optim.beta1/beta2", "must be in (0, 1)",
