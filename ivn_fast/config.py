@@ -139,6 +139,11 @@ class TrainConfig:
     precision: str = _f("auto", "bf16 autocast on GPU, fp32 on CPU under auto", ("auto", "bf16", "fp32"))
     device: str = _f("auto", "cuda when available, else cpu", ("auto", "cuda", "cpu"))
     attention: str = _f("auto", "attention backend", ("auto", "flash_attn", "sdpa"))
+    kernels: str = _f("auto", "masked-token and diffusion-decoder ops: fused Triton kernels or the PyTorch "
+                              "reference (auto: Triton on CUDA when importable, else torch)",
+                      ("auto", "triton", "torch"))
+    compile: bool = _f(False, "torch.compile each repeated block (encoder, predictor, decoder, teacher layers) "
+                              "in place; one compiled graph per block type")
     log_every: int = _f(10, "steps between log lines and metric records")
     ckpt_every: int = _f(1000, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")

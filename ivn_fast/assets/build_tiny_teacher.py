@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-clips", type=int, default=2400, help="synthetic clips rendered for training")
     parser.add_argument("--val-clips", type=int, default=300, help="held-out clips (another seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, data and order")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
     start = time.time()
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr, "seed": args.seed, "seconds": round(time.time() - start, 1),
         "parameters": sum(p.numel() for p in model.tower.parameters()),
         "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
-        "command": "python -m ivn_fast.assets.build_tiny_teacher" + "".join(f" {a}" for a in (argv or [])),
+        "command": "python -m ivn_fast.assets.build_tiny_teacher" + "".join(f" {a}" for a in argv),
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"held-out shape accuracy {val_acc:.4f} (train {train_acc:.4f}) in {report['seconds']} s -> {args.out}")

@@ -19,10 +19,12 @@ from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World, all_finite, barrier, mean_over_ranks
 from ivn_fast.train.metrics import MetricsWriter, format_line
 from ivn_fast.train.optim import LRSchedule, build_optimizer
+from ivn_fast.train.parallelize import compile_blocks
 from ivn_fast.train.stage1 import Stage1Task
 from ivn_fast.viz import save_clip_grid
 
 log = logging.getLogger("ivn_fast")
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -41,12 +43,17 @@ class Trainer:
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
         self.device = device
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for the fp32 diffusion head
         self.amp_dtype = torch.bfloat16 if (cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and device.type == "cuda")) else None
 
         torch.manual_seed(cfg.train.seed)
         self.task = Stage1Task(cfg, device, seed=cfg.train.seed * 1000 + world.rank)
         self.raw_model = self.task.build_model().to(device)
+        if cfg.train.compile:
+            log.info("compiled %d student and %d teacher blocks", compile_blocks(self.raw_model),
+                     compile_blocks(self.task.teacher))
         self.model: nn.Module = self.raw_model
         if world.size > 1:
             self.model = nn.parallel.DistributedDataParallel(

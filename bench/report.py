@@ -1,0 +1,240 @@
+"""Stage 1 step report: the fast path beside the eager baseline of the same step, in one process.
+
+    python -m bench.report [--rows NAME,...] [--batch 32] [--steps 10] [--json OUT]
+
+Each row builds the real trainer for a paper setting (teacher and predictor with random
+weights of the real shapes, so nothing is downloaded), times `Trainer.train_step` on a fixed
+batch, counts the step's FLOPs with FlopCounterMode, and projects the paper's schedule onto
+the measured clips/s. The baseline is eager PyTorch with the reference ops and default SDPA;
+the fast path is per-block torch.compile with the Triton kernels and the best attention.
+A row that runs out of memory is reported as such and the report goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ivn_fast.config import Config, build_config, validate
+from ivn_fast.models.attention import set_backend
+from ivn_fast.train.distributed import World
+from ivn_fast.train.trainer import Trainer
+
+A100_BF16_PEAK = 312e12  # datasheet dense bf16 rate that the paper's A100-hours were spent at
+K_MASH_VIDEOS, K710_VIDEOS = 1_100_000, 660_000
+
+# name: (preset, overrides, paper schedule in clips, paper figures)
+ROWS: dict[str, tuple[str, dict, int, dict[str, float]]] = {
+    "b8-align": ("vit-b-ablation", {"loss": {"terms": "align"}}, 30 * K710_VIDEOS, {"paper_mem_gb": 22}),
+    "b8-align-linear": ("vit-b-ablation", {"model": {"decoder": {"kind": "linear"}}}, 30 * K710_VIDEOS,
+                        {"paper_mem_gb": 41}),
+    "b8-align-diffusion": ("vit-b-ablation", {}, 30 * K710_VIDEOS, {"paper_mem_gb": 48}),
+    "b16-stage1": ("vit-b", {}, 50 * K_MASH_VIDEOS, {"paper_a100_hours": 1500}),
+    "l16-stage1": ("vit-l", {}, 50 * K_MASH_VIDEOS, {"paper_a100_hours": 3600}),
+    "tiny": ("tiny", {}, 50 * K_MASH_VIDEOS, {}),
+}
+
+# teacher directories of the presets -> (transformers class name, config kwargs) of that shape
+TEACHER_SHAPES = {
+    "siglip2-large-patch16-256": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                      num_attention_heads=16),
+    "siglip2-giant-opt-patch16-256": dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=40,
+                                          num_attention_heads=16),
+}
+
+
+def random_teacher(name: str, root: Path, device: torch.device) -> str:
+    """A Siglip2 vision tower of the named shape with random weights, saved once under root."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    out = root / name
+    if not (out / "config.json").is_file():
+        cfg = Siglip2VisionConfig(patch_size=16, num_patches=256, vision_use_head=True, **TEACHER_SHAPES[name])
+        with torch.device(device):
+            model = Siglip2VisionModel(cfg).to(torch.bfloat16)
+        model.save_pretrained(str(out))
+        del model
+    return str(out)
+
+
+def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: torch.device, out_dir: str) -> Config:
+    preset, overrides, _, _ = ROWS[name]
+    cfg = build_config(preset, overrides)
+    teacher = Path(cfg.model.teacher.path).name
+    if teacher in TEACHER_SHAPES:
+        cfg.model.teacher.path = random_teacher(teacher, teacher_root, device)
+    if cfg.model.predictor.kind == "modernbert" and cfg.model.predictor.init:
+        cfg.model.predictor.path, cfg.model.predictor.init = "", False  # built-in ModernBERT-Large shapes
+    t = cfg.train
+    t.batch_size, t.progress, t.tensorboard, t.device = batch, False, False, device.type
+    t.compile = fast
+    t.kernels = "auto" if fast else "torch"
+    t.attention = "auto" if fast else "sdpa"
+    cfg.data.num_workers, cfg.data.synthetic_videos = 0, max(batch, 8)
+    cfg.output_dir = out_dir
+    validate(cfg)
+    return cfg
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_step(cfg: Config, steps: int, warmup: int, count_flops: bool) -> dict[str, Any]:
+    """Median-free wall time of `steps` train steps after `warmup`, peak memory, optional FLOPs."""
+    set_backend(cfg.train.attention)
+    _set_kernels(cfg.train.kernels)
+    trainer = Trainer(cfg, World())
+    device = trainer.device
+    g = torch.Generator(device=device).manual_seed(0)
+    video = torch.randn(cfg.train.batch_size, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size,
+                        device=device, generator=g)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        trainer.train_step(video)
+    _sync(device)
+    warm_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    losses = [trainer.train_step(video)["loss"] for _ in range(steps)]
+    _sync(device)
+    step_s = (time.perf_counter() - t0) / steps
+    result: dict[str, Any] = {"step_s": step_s, "clips_per_s": cfg.train.batch_size / step_s,
+                              "warmup_s": warm_s, "loss_last": losses[-1]}
+    if device.type == "cuda":
+        result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    if count_flops:
+        with FlopCounterMode(display=False) as counter:
+            trainer.train_step(video)
+        result["flops_per_step"] = counter.get_total_flops()
+    del trainer, video
+    _release(device)
+    return result
+
+
+def _set_kernels(choice: str) -> None:
+    try:
+        from ivn_fast.models.tokens import set_kernels
+    except ImportError:  # kernels switch not wired in this build
+        return
+    set_kernels(choice)
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def matmul_peak(device: torch.device) -> float:
+    """Measured bf16 (GPU) or fp32 (CPU) matrix-product rate in FLOP/s, the MFU denominator."""
+    n = 8192 if device.type == "cuda" else 1024
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / sorted(times)[len(times) // 2]
+
+
+def run_row(name: str, args: argparse.Namespace, device: torch.device, peak: float, root: Path) -> dict[str, Any]:
+    _, _, schedule_clips, paper = ROWS[name]
+    row: dict[str, Any] = {"row": name, "batch": args.batch, **paper}
+    for variant, fast in (("eager", False), ("fast", True)):
+        cfg = row_config(name, args.batch, fast, root / "teachers", device, str(root / f"run-{name}-{variant}"))
+        try:
+            row[variant] = measure_step(cfg, args.steps, args.warmup, count_flops=not fast)
+        except torch.OutOfMemoryError as e:
+            row[variant] = {"error": f"out of memory: {str(e).splitlines()[0]}"}
+            _release(device)
+    eager, fast = row["eager"], row["fast"]
+    flops = eager.get("flops_per_step")
+    for r in (eager, fast):
+        if "step_s" in r and flops:
+            r["mfu"] = flops / r["step_s"] / peak
+            hours = schedule_clips / r["clips_per_s"] / 3600
+            r["gpu_hours"] = hours
+            r["a100_equiv_hours"] = hours * peak / A100_BF16_PEAK if device.type == "cuda" else None
+    if "step_s" in eager and "step_s" in fast:
+        row["speedup"] = eager["step_s"] / fast["step_s"]
+    return row
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'row':<20}{'path':<7}{'step s':>9}{'clips/s':>9}{'TFLOP/step':>11}{'MFU':>7}{'peak GB':>9}"
+            f"{'paper GB':>9}{'GPU-h':>9}{'A100-eq h':>10}{'paper h':>9}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        for variant in ("eager", "fast"):
+            r = row[variant]
+            if "error" in r:
+                lines.append(f"{row['row']:<20}{variant:<7}  {r['error'][:80]}")
+                continue
+            fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+            flops = row["eager"].get("flops_per_step")
+            lines.append(
+                f"{row['row']:<20}{variant:<7}{r['step_s']:>9.3f}{r['clips_per_s']:>9.1f}"
+                f"{fmt(flops and flops / 1e12, '.1f'):>11}{fmt(r.get('mfu'), '.1%'):>7}"
+                f"{fmt(r.get('peak_mem_gb'), '.1f'):>9}{fmt(row.get('paper_mem_gb'), '.0f'):>9}"
+                f"{fmt(r.get('gpu_hours'), '.0f'):>9}{fmt(r.get('a100_equiv_hours'), '.0f'):>10}"
+                f"{fmt(row.get('paper_a100_hours'), '.0f'):>9}")
+        if "speedup" in row:
+            lines.append(f"{'':<20}fast / eager: {row['speedup']:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=None, help=f"comma-separated rows (default: all but tiny on GPU, "
+                                                     f"tiny on CPU); known: {', '.join(ROWS)}")
+    parser.add_argument("--batch", type=int, default=32, help="clips per step (per GPU)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--json", type=Path, default=None, help="write the full results here")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    names = args.rows.split(",") if args.rows else ([n for n in ROWS if n != "tiny"] if device.type == "cuda"
+                                                    else ["tiny"])
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    peak = matmul_peak(device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device {device_name}; measured matmul rate {peak / 1e12:.1f} TFLOP/s "
+          f"({'bf16' if device.type == 'cuda' else 'fp32'}); torch {torch.__version__}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            rows.append(run_row(name, args, device, peak, Path(tmp)))
+            print(json.dumps(rows[-1]), flush=True)
+    print(format_table(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "device": device_name, "torch": torch.__version__, "matmul_flops": peak,
+            "a100_bf16_peak_assumed": A100_BF16_PEAK, "command": "python -m bench.report " + " ".join(
+                sys.argv[1:] if argv is None else argv), "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
