@@ -29,6 +29,7 @@ from ivn_fast.config import Config, build_config, validate
 from ivn_fast.models.attention import set_backend
 from ivn_fast.train.distributed import World
 from ivn_fast.train.trainer import Trainer
+from ivn_kernels import set_kernels
 
 A100_BF16_PEAK = 312e12  # datasheet dense bf16 rate that the paper's A100-hours were spent at
 K_MASH_VIDEOS, K710_VIDEOS = 1_100_000, 660_000
@@ -94,7 +95,7 @@ def _sync(device: torch.device) -> None:
 def measure_step(cfg: Config, steps: int, warmup: int, count_flops: bool) -> dict[str, Any]:
     """Median-free wall time of `steps` train steps after `warmup`, peak memory, optional FLOPs."""
     set_backend(cfg.train.attention)
-    _set_kernels(cfg.train.kernels)
+    set_kernels(cfg.train.kernels)
     trainer = Trainer(cfg, World())
     device = trainer.device
     g = torch.Generator(device=device).manual_seed(0)
@@ -122,14 +123,6 @@ def measure_step(cfg: Config, steps: int, warmup: int, count_flops: bool) -> dic
     del trainer, video
     _release(device)
     return result
-
-
-def _set_kernels(choice: str) -> None:
-    try:
-        from ivn_fast.models.tokens import set_kernels
-    except ImportError:  # kernels switch not wired in this build
-        return
-    set_kernels(choice)
 
 
 def _release(device: torch.device) -> None:

@@ -108,6 +108,28 @@ class LossConfig:
 
 
 @dataclass
+class Stage2Config:
+    init: str = _f("", "Stage 1 checkpoint to start from (a step_XXXXXXXX directory); empty: the newest under "
+                       "OUTPUT_DIR/checkpoints")
+    target: str = _f("stage1", "what the student predicts: tokens of the frozen Stage 1 encoder on the full clip, "
+                               "or the external SigLIP teacher's (Table 3 ablation)", ("stage1", "siglip"))
+    momentum: float = _f(1.0, "EMA momentum of the Stage 1 target encoder (1.0 keeps it frozen, the paper's "
+                              "choice; 0.9998 is the momentum ablation)")
+    init_predictor: bool = _f(True, "start the predictor from Stage 1 (false: fresh weights, the zero-init ablation)")
+    w_visible: float = _f(0.0, "weight of the extra unmasked-token alignment loss (Table 3 ablation)")
+    w_recon: float = _f(0.0, "weight of the extra pixel loss through the Stage 1 decoder (Table 3 ablation)")
+    small_blocks: int = _f(8, "blocks in the first mask view")
+    small_scale: float = _f(0.15, "fraction of a frame one block of the first view covers")
+    large_blocks: int = _f(2, "blocks in the second mask view")
+    large_scale: float = _f(0.7, "fraction of a frame one block of the second view covers")
+    aspect_min: float = _f(0.75, "smallest block height / width")
+    aspect_max: float = _f(1.5, "largest block height / width")
+    max_keep: int = _f(400, "most context tokens per 8 frames (0: no cap beyond the batch minimum)")
+    truncation: str = _f("earliest", "which context tokens survive the cut: the lowest indices (earliest frames, "
+                                     "released) or a uniform random subset", ("earliest", "uniform"))
+
+
+@dataclass
 class DataConfig:
     source: str = _f("synthetic", "training data", ("synthetic",))
     num_frames: int = _f(16, "frames per clip")
@@ -132,7 +154,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    stage: int = _f(1, "pretraining stage")
+    stage: int = _f(1, "pretraining stage: 1 (semantic-guided pixel reconstruction) or 2 (latent prediction "
+                       "against the Stage 1 model); 2 applies the preset's Stage 2 settings")
     batch_size: int = _f(2048, "global batch in clips (split evenly over processes)")
     max_steps: int = _f(26850, "optimiser steps in the whole run")
     seed: int = _f(0, "seed for model init, data order and masks")
@@ -157,6 +180,7 @@ class Config:
     model: ModelConfig = _section(ModelConfig)
     mask: MaskConfig = _section(MaskConfig)
     loss: LossConfig = _section(LossConfig)
+    stage2: Stage2Config = _section(Stage2Config)
     data: DataConfig = _section(DataConfig)
     optim: OptimConfig = _section(OptimConfig)
     train: TrainConfig = _section(TrainConfig)
@@ -216,6 +240,24 @@ PRESETS: dict[str, tuple[str, dict]] = {
     ),
 }
 DEFAULT_PRESET = "tiny"
+
+
+def _paper_stage2(frames: int, batch: int, videos: int, epochs: int) -> dict:
+    """Stage 2 on the paper's schedule: lr 1e-4 (scaled per 256 clips), no warmup."""
+    return {
+        "data": {"num_frames": frames},
+        "train": {"batch_size": batch, "max_steps": videos // batch * epochs},
+        "optim": {"lr": 1e-4 * 256 / 2048, "warmup_steps": 0},
+    }
+
+
+# Applied over a preset when train.stage is 2 (before any file or command-line override).
+STAGE2_PRESETS: dict[str, dict] = {
+    "tiny": {"optim": {"lr": 5e-4, "warmup_steps": 10, "min_lr": 5e-5}, "train": {"max_steps": 200}},
+    "vit-b-ablation": _paper_stage2(8, 1024, 660_000, 30),
+    "vit-b": _paper_stage2(32, 2048, 1_100_000, 100),
+    "vit-l": _paper_stage2(32, 1024, 1_100_000, 100),
+}
 
 
 # --------------------------------------------------------------------------- tree helpers
@@ -302,13 +344,24 @@ def load_file(path: str) -> dict:
 
 
 def build_config(preset: str = DEFAULT_PRESET, *trees: dict) -> Config:
-    """Defaults, then the preset, then each tree in order (file, then command line)."""
+    """Defaults, the preset, its Stage 2 settings when the trees ask for stage 2, then each tree
+    in order (file, then command line)."""
     if preset not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    cfg = Config()
+    probe = Config()
     for tree in (PRESETS[preset][1], *trees):
+        _merge(probe, tree)
+    if probe.train.stage != 2:
+        return probe
+    cfg = Config()
+    for tree in (PRESETS[preset][1], STAGE2_PRESETS[preset], *trees):
         _merge(cfg, tree)
     return cfg
+
+
+def run_dir(cfg: Config) -> Path:
+    """Where a stage writes checkpoints, metrics and pictures: Stage 2 nests under Stage 1's output."""
+    return Path(cfg.output_dir) / ("stage2" if cfg.train.stage == 2 else "")
 
 
 def to_dict(cfg: Config) -> dict:
@@ -379,11 +432,26 @@ def validate(cfg: Config, *, check_paths: bool = True) -> None:
            (o.beta1, o.beta2))
     _check(o.warmup_steps <= t.max_steps, "optim.warmup_steps", f"must be <= train.max_steps={t.max_steps}",
            o.warmup_steps)
-    _check(t.stage == 1, "train.stage", "must be 1 (Stage 2 is not part of this trainer yet)", t.stage)
+    _check(t.stage in (1, 2), "train.stage", "must be 1 or 2", t.stage)
+    s2 = cfg.stage2
+    _check(0.0 < s2.momentum <= 1.0, "stage2.momentum", "must be in (0, 1]", s2.momentum)
+    for name, value in (("stage2.small_scale", s2.small_scale), ("stage2.large_scale", s2.large_scale)):
+        _check(0.0 < value <= 1.0, name, "must be in (0, 1]", value)
+    for name, value in (("stage2.small_blocks", s2.small_blocks), ("stage2.large_blocks", s2.large_blocks),
+                        ("stage2.aspect_min", s2.aspect_min)):
+        _check(value > 0, name, "must be > 0", value)
+    _check(s2.aspect_max >= s2.aspect_min, "stage2.aspect_max", f"must be >= stage2.aspect_min={s2.aspect_min}",
+           s2.aspect_max)
+    for name, value in (("stage2.max_keep", s2.max_keep), ("stage2.w_visible", s2.w_visible),
+                        ("stage2.w_recon", s2.w_recon)):
+        _check(value >= 0, name, "must be >= 0", value)
     if check_paths:
-        _check_dir(cfg.model.teacher.path, "model.teacher.path", "config.json")
+        if t.stage == 1 or s2.target == "siglip":
+            _check_dir(cfg.model.teacher.path, "model.teacher.path", "config.json")
+        if t.stage == 2 and s2.init:
+            _check_dir(s2.init, "stage2.init", "state.pt")
         p = cfg.model.predictor
-        if p.kind == "modernbert" and (p.init or p.path):
+        if p.kind == "modernbert" and ((t.stage == 1 and p.init) or p.path):
             _check_dir(p.path, "model.predictor.path", "config.json")
 
 

@@ -22,6 +22,7 @@ from ivn_fast.config import (
     dumps,
     fields_flat,
     load_file,
+    run_dir,
     set_dotted,
     validate,
 )
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     presets = "\n".join(f"  {name:16s} {desc}" for name, (desc, _) in PRESETS.items())
     parser = argparse.ArgumentParser(
         prog="python -m ivn_fast.pretrain",
-        description="Pretrain an InternVideo-Next video encoder (Stage 1: semantic-guided pixel reconstruction).",
+        description="Pretrain an InternVideo-Next video encoder. Stage 1: semantic-guided pixel reconstruction; "
+                    "Stage 2 (--stage 2): latent prediction against the frozen Stage 1 model.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets:\n{presets}\n\nExample: torchrun --nproc-per-node 8 -m ivn_fast.pretrain --preset vit-b "
                "--model.teacher.path /weights/siglip2-giant-opt-patch16-256",
@@ -42,9 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"starting point for every setting (default: {DEFAULT_PRESET}; list below)")
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings, applied over the preset")
     parser.add_argument("--max-steps", metavar="N", help="same as --train.max_steps")
+    parser.add_argument("--stage", metavar="N", help="same as --train.stage: 2 continues from Stage 1 with the "
+                                                     "preset's Stage 2 settings")
+    parser.add_argument("--init", metavar="DIR", help="same as --stage2.init: the Stage 1 checkpoint Stage 2 "
+                                                     "starts from (default: the newest in OUTPUT_DIR/checkpoints)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in OUTPUT_DIR/checkpoints (exact step, LR, data "
-                             "order and random state)")
+                        help="continue from the newest checkpoint of this stage (OUTPUT_DIR/checkpoints, or "
+                             "OUTPUT_DIR/stage2/checkpoints) at the exact step, LR, data order and random state")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     defaults = Config()
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -69,8 +75,9 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namesp
     for key, value in vars(args).items():
         if key.startswith("set:"):
             set_dotted(overrides, key[4:], value)
-    if args.max_steps is not None:
-        set_dotted(overrides, "train.max_steps", args.max_steps)
+    for flag, dotted in (("max_steps", "train.max_steps"), ("stage", "train.stage"), ("init", "stage2.init")):
+        if getattr(args, flag) is not None:
+            set_dotted(overrides, dotted, getattr(args, flag))
     trees = [load_file(args.config)] if args.config else []
     cfg = build_config(args.preset, *trees, overrides)
     return cfg, args
@@ -102,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from ivn_fast.train.distributed import init_distributed, shutdown
     from ivn_fast.train.checkpoint import CheckpointMismatch
     from ivn_fast.train.trainer import Trainer, resolve_device
+    from ivn_kernels import set_kernels
 
     try:
         device = resolve_device(cfg.train.device)
@@ -109,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ivn_fast.pretrain: error: {e}", file=sys.stderr)
         return 2
     world = init_distributed(device.type)
-    _setup_logging(world.is_main, cfg.output_dir)
+    out_dir = str(run_dir(cfg))
+    _setup_logging(world.is_main, out_dir)
     set_backend(cfg.train.attention)
+    set_kernels(cfg.train.kernels)
     if world.is_main:
-        with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
             f.write(dumps(cfg))
     log.info("preset %s, %d process(es), device %s, torch %s", args.preset, world.size, device, torch.__version__)
     try:
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     final = trainer.train()
     if world.is_main and final:
         log.info("done in %.1f s: step %d, loss %.4f; outputs in %s", time.perf_counter() - start,
-                 final["step"], final["loss"], cfg.output_dir)
+                 final["step"], final["loss"], out_dir)
     shutdown()
     return 0
 

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ivn_fast.masks import mask_bool
+from ivn_fast.models.patches import unpatchify
+
 _LABEL_W = 120
 _GAP = 2
 
@@ -42,3 +45,11 @@ def save_clip_grid(rows: dict[str, torch.Tensor], path: Path, clips: int = 4) ->
     clip_grid(rows, clips).save(tmp)
     tmp.replace(path)
     return path
+
+
+def hide_tokens(pixels: torch.Tensor, vis_idx: torch.Tensor, patch: int, grid: tuple[int, int, int],
+                shade: float = 0.15) -> torch.Tensor:
+    """pixels [B, 3, T, H, W] in [0, 1] with every token outside vis_idx painted dark grey."""
+    hidden = mask_bool(vis_idx, grid[0] * grid[1] * grid[2]).float()
+    hidden = unpatchify(hidden.unsqueeze(-1).expand(-1, -1, 3 * patch * patch), patch, grid)
+    return pixels * (1 - hidden) + shade * hidden

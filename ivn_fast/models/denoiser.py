@@ -1,33 +1,18 @@
 """Per-token MLP denoiser of the diffusion decoder: adaLN residual MLP blocks conditioned on (t, z).
 
-The elementwise pieces (`timestep_embedding`, `modulate`, `gated_residual`) are plain functions
-so that fused kernels can replace them one at a time and be checked against these.
+The elementwise pieces (`timestep_embedding`, `layer_norm_modulate`, `gated_residual`) come from
+`ivn_kernels.diffusion`, where each runs a fused Triton kernel or its PyTorch reference as
+`train.kernels` selects.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from ivn_kernels.diffusion import gated_residual, layer_norm_modulate, timestep_embedding
 
-def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features [N, dim] (cos half, then sin half) of timesteps t [N]; dim must be even."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float().unsqueeze(-1) * freqs
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x * (1 + scale) + shift, so a zero-initialised modulation starts as the identity."""
-    return x * (1 + scale) + shift
-
-
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """x + gate * h; a zero gate makes a fresh block an exact identity."""
-    return x + gate * h
+__all__ = ["MLPDenoiser", "timestep_embedding"]
 
 
 def _mlp(dim_in: int, dim: int) -> nn.Sequential:
@@ -47,7 +32,8 @@ class AdaLNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.ada(y).chunk(3, dim=-1)
-        return gated_residual(x, gate, self.mlp(modulate(self.norm(x), shift, scale)))
+        h = layer_norm_modulate(x, self.norm.weight, self.norm.bias, shift, scale, self.norm.eps)
+        return gated_residual(x, gate, self.mlp(h))
 
 
 class FinalLayer(nn.Module):
@@ -59,7 +45,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shift, scale = self.ada(y).chunk(2, dim=-1)
-        return self.proj(modulate(self.norm(x), shift, scale))
+        return self.proj(layer_norm_modulate(x, None, None, shift, scale, self.norm.eps))
 
 
 class MLPDenoiser(nn.Module):

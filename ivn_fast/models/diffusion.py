@@ -17,6 +17,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ivn_kernels.diffusion import q_sample as q_sample  # re-exported: the formula the fused op is checked against
+from ivn_kernels.diffusion import q_sample_at
+
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(x_t [N, C], model timesteps [N]) -> raw output [N, 2C]: epsilon, then the variance value v."""
 
@@ -50,12 +53,6 @@ def respaced_timesteps(num_timesteps: int, count: int) -> list[int]:
         raise ValueError(f"cannot respace {num_timesteps} diffusion steps into {count}")
     stride = (num_timesteps - 1) / (count - 1)
     return [round(pos) for pos in itertools.accumulate([stride] * (count - 1), initial=0.0)]
-
-
-def q_sample(x_start: torch.Tensor, noise: torch.Tensor, signal_scale: torch.Tensor,
-             noise_scale: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar) * x_0 + sqrt(1 - alpha_bar) * eps, with per-row scales [N, 1]."""
-    return signal_scale * x_start + noise_scale * noise
 
 
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor,
@@ -164,8 +161,10 @@ class GaussianDiffusion:
         return self._tables(t.device)[1][t]
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return q_sample(x_start, noise, self._extract("sqrt_alphas_cumprod", t),
-                        self._extract("sqrt_one_minus_alphas_cumprod", t))
+        """x_t at step indices t [N]; the schedule lookup is fused into the (Triton) op."""
+        tables = self._tables(t.device)[0]
+        return q_sample_at(x_start, noise, t, tables[_TABLES.index("sqrt_alphas_cumprod")],
+                           tables[_TABLES.index("sqrt_one_minus_alphas_cumprod")])
 
     def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor,
                     t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,31 +1,16 @@
 """Masked-token movement: gather the visible tokens, merge them back among mask tokens.
 
-These are the plain PyTorch definitions; the fused kernels must match them.
+`gather_tokens` and `merge_tokens` live in `ivn_kernels.tokens` next to their fused Triton
+kernels; calling them runs Triton or the PyTorch reference as `train.kernels` selects.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ivn_kernels.tokens import gather_tokens, merge_tokens
 
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows of x[B, N, C] at idx[B, K], plus pos[N, C] at the same rows."""
-    index = idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-    out = torch.gather(x, 1, index)
-    if pos is not None:
-        out = out + pos[idx]
-    return out
-
-
-def merge_tokens(
-    vis: torch.Tensor, idx: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor, num_tokens: int
-) -> torch.Tensor:
-    """[B, N, C]: vis[B, K, C] at rows idx, mask_token[C] elsewhere, plus pos[N, C] everywhere."""
-    b, _, c = vis.shape
-    base = mask_token.to(vis.dtype).expand(b, num_tokens, c)
-    index = idx.unsqueeze(-1).expand(-1, -1, c)
-    out = base.scatter(1, index, vis)
-    return out + pos.to(vis.dtype)
+__all__ = ["gather_tokens", "masked_complement", "merge_tokens"]
 
 
 def masked_complement(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:

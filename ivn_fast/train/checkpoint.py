@@ -84,7 +84,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 # Config sections a resumed run must share with the run that wrote the checkpoint.
-RESUME_MUST_MATCH = ("model", "mask", "loss", "data.source", "data.num_frames", "data.size", "data.synthetic_videos",
+RESUME_MUST_MATCH = ("model", "mask", "loss", "stage2", "data.source", "data.num_frames", "data.size", "data.synthetic_videos",
                      "train.batch_size", "train.seed", "train.stage")
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from ivn_fast.config import Config
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.losses import cosine_loss
-from ivn_fast.masks import make_stage1_mask, mask_bool
+from ivn_fast.masks import make_stage1_mask
 from ivn_fast.models.patches import patchify, unpatchify
 from ivn_fast.models.stage1 import Stage1Model
 from ivn_fast.models.teacher import SemanticTeacher, TeacherOutput
 from ivn_fast.models.tokens import gather_tokens
+from ivn_fast.viz import hide_tokens
 
 ALIGN_TERMS = ("both", "align")
 RECON_TERMS = ("both", "recon")
@@ -25,6 +28,8 @@ def token_grid(cfg: Config) -> tuple[int, int, int]:
 
 class Stage1Task:
     """Owns the frozen teacher and the mask generator; the student is passed in (it may be wrapped)."""
+
+    picture_name = "recon.png"
 
     def __init__(self, cfg: Config, device: torch.device, seed: int):
         self.cfg = cfg
@@ -78,6 +83,15 @@ class Stage1Task:
         terms["loss"] = sum(weights[k] * v for k, v in terms.items())
         return terms
 
+    def after_step(self, model: nn.Module) -> None:
+        """The teacher is fixed: nothing to update after an optimiser step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mask_rng": self.mask_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mask_generator.set_state(state["mask_rng"])
+
     @torch.no_grad()
     def reconstruct(self, model: Stage1Model, video: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
         """Masked input, decoder reconstruction (visible patches kept) and original, in [0, 1].
@@ -90,9 +104,7 @@ class Stage1Task:
         patches = patchify(video, p)
         to_pixels = lambda x: denormalize(unpatchify(x, p, self.grid), channel_dim=1).clamp(0, 1)  # noqa: E731
         original = to_pixels(patches)
-        hidden = unpatchify(mask_bool(vis_idx, patches.shape[1]).unsqueeze(-1).expand_as(patches).float(),
-                            p, self.grid)
-        shown = {"masked input": original * (1 - hidden) + 0.15 * hidden}
+        shown = {"masked input": hide_tokens(original, vis_idx, p, self.grid)}
         if self.recon:
             out = model(video, vis_idx)
             filled = model.decoder.reconstruct(out.z.flatten(0, 1).float(), generator=generator)

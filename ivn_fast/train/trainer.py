@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ivn_fast.config import Config, to_dict
+from ivn_fast.config import Config, run_dir, to_dict
 from ivn_fast.data.loader import build_loader
 from ivn_fast.data.synthetic import SyntheticVideos
 from ivn_fast.train import checkpoint as ckpt
@@ -21,6 +21,7 @@ from ivn_fast.train.metrics import MetricsWriter, format_line
 from ivn_fast.train.optim import LRSchedule, build_optimizer
 from ivn_fast.train.parallelize import compile_blocks
 from ivn_fast.train.stage1 import Stage1Task
+from ivn_fast.train.stage2 import Stage2Task
 from ivn_fast.viz import save_clip_grid
 
 log = logging.getLogger("ivn_fast")
@@ -37,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
 class Trainer:
     def __init__(self, cfg: Config, world: World, *, resume: bool = False):
         self.cfg, self.world = cfg, world
-        self.out_dir = Path(cfg.output_dir)
+        self.out_dir = run_dir(cfg)
         self.ckpt_root = self.out_dir / "checkpoints"
         device = resolve_device(cfg.train.device)
         if device.type == "cuda":
@@ -49,7 +50,8 @@ class Trainer:
             cfg.train.precision == "auto" and device.type == "cuda")) else None
 
         torch.manual_seed(cfg.train.seed)
-        self.task = Stage1Task(cfg, device, seed=cfg.train.seed * 1000 + world.rank)
+        task_cls = Stage2Task if cfg.train.stage == 2 else Stage1Task
+        self.task = task_cls(cfg, device, seed=cfg.train.seed * 1000 + world.rank)
         self.raw_model = self.task.build_model().to(device)
         if cfg.train.compile:
             log.info("compiled %d student and %d teacher blocks", compile_blocks(self.raw_model),
@@ -86,7 +88,7 @@ class Trainer:
             "data": {"next_step": self.step, "seed": self.cfg.train.seed,
                      "global_batch": self.cfg.train.batch_size},
             "rng": ckpt.rng_state(),
-            "mask_rng": self.task.mask_generator.get_state(),
+            "task": self.task.state_dict(),
             "config": to_dict(self.cfg),
         }
 
@@ -105,7 +107,7 @@ class Trainer:
         self.step = state["step"]
         self.skipped = state["skipped_steps"]
         ckpt.set_rng_state(state["rng"])
-        self.task.mask_generator.set_state(state["mask_rng"])
+        self.task.load_state_dict(state["task"])
         log.info("resumed from %s at step %d", path, self.step)
 
     def save(self) -> None:
@@ -141,6 +143,7 @@ class Trainer:
             ok = all_finite(grad_norm)
         if ok:
             self.optimizer.step()
+            self.task.after_step(self.raw_model)
         else:
             self.skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -163,7 +166,7 @@ class Trainer:
         with torch.random.fork_rng(devices=devices), self._autocast():
             rows = self.task.reconstruct(self.raw_model, self.picture_batch.to(self.device))
         self.raw_model.train()
-        path = save_clip_grid(rows, self.out_dir / "recon.png")
+        path = save_clip_grid(rows, self.out_dir / self.task.picture_name)
         log.info("wrote %s (%s)", path, " / ".join(rows))
 
     def train(self) -> dict[str, float]:
@@ -174,7 +177,7 @@ class Trainer:
         t_window, wait_window = time.perf_counter(), 0.0
         last: dict[str, float] = {}
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.world.is_main),
-                   dynamic_ncols=True, desc="stage 1")
+                   dynamic_ncols=True, desc=f"stage {cfg.stage}")
         batches = iter(self.loader)
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()

@@ -1,0 +1,297 @@
+"""Masked-token movement: gather the visible tokens (+ position rows), merge them back among
+mask tokens (+ position table).
+
+`gather_tokens` and `merge_tokens` are what the models call; each runs the fused Triton op or
+the PyTorch reference as `ivn_kernels.use_triton` says.
+
+Kernels: one program per block of rows, the whole channel dimension in one masked, vectorised
+row load, fp32 arithmetic. Index rows must be unique within a clip (true of every mask), which
+lets both backward passes scatter through an inverse index map with plain stores: no atomics,
+deterministic. The position-table gradient sums over the batch inside the program that owns
+those table rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ivn_kernels import use_triton
+from ivn_kernels import _triton
+from ivn_kernels._triton import next_power_of_2, num_warps, row_block, tl, triton
+
+
+# --------------------------------------------------------------------------- references
+
+
+def gather_tokens_reference(x: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows of x[B, N, C] at idx[B, K], plus pos[N, C] at the same rows."""
+    index = idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    out = torch.gather(x, 1, index)
+    if pos is not None:
+        out = out + pos[idx]
+    return out
+
+
+def merge_tokens_reference(
+    vis: torch.Tensor, idx: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor, num_tokens: int
+) -> torch.Tensor:
+    """[B, N, C]: vis[B, K, C] at rows idx, mask_token[C] elsewhere, plus pos[N, C] everywhere."""
+    b, _, c = vis.shape
+    base = mask_token.to(vis.dtype).expand(b, num_tokens, c)
+    index = idx.unsqueeze(-1).expand(-1, -1, c)
+    out = base.scatter(1, index, vis)
+    return out + pos.to(vis.dtype)
+
+
+# --------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _gather_kernel(x_ptr, idx_ptr, pos_ptr, out_ptr, K, C, sxb, sxn, sib, sik, spn,
+                   HAS_POS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[b, k] = x[b, idx[b, k]] (+ pos[idx[b, k]]); grid (row blocks of K, B)."""
+    b = tl.program_id(1).to(tl.int64)
+    k = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_C)
+    row_ok = k < K
+    mask = row_ok[:, None] & (c < C)[None, :]
+    n = tl.load(idx_ptr + b * sib + k * sik, mask=row_ok, other=0).to(tl.int64)
+    v = tl.load(x_ptr + b * sxb + n[:, None] * sxn + c[None, :], mask=mask).to(tl.float32)
+    if HAS_POS:
+        v += tl.load(pos_ptr + n[:, None] * spn + c[None, :], mask=mask).to(tl.float32)
+    out = out_ptr + (b * K + k[:, None].to(tl.int64)) * C + c[None, :]
+    tl.store(out, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _spread_kernel(src_ptr, inv_ptr, fill_ptr, pos_ptr, out_ptr, sum_ptr, N, C, batches,
+                   ssb, ssk, spn, HAS_FILL: tl.constexpr, HAS_POS: tl.constexpr, SUM: tl.constexpr,
+                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[b, n] = (src[b, inv[b, n]] if inv[b, n] >= 0 else fill or 0) (+ pos[n]).
+
+    Grid (row blocks of N, B / batches): each program walks `batches` clips from
+    program_id(1); with SUM it walks all of them and also writes sum_b out[b, n] to sum[n].
+    """
+    n = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_C)
+    row_ok = n < N
+    col_ok = c < C
+    mask = row_ok[:, None] & col_ok[None, :]
+    n64 = n.to(tl.int64)
+    if HAS_FILL:
+        fill = tl.load(fill_ptr + c, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_POS:
+        pos = tl.load(pos_ptr + n64[:, None] * spn + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for i in range(batches):
+        b = (tl.program_id(1) + i).to(tl.int64)
+        j = tl.load(inv_ptr + b * N + n64, mask=row_ok, other=-1).to(tl.int64)
+        hit = j >= 0
+        v = tl.load(src_ptr + b * ssb + j[:, None] * ssk + c[None, :], mask=mask & hit[:, None],
+                    other=0.0).to(tl.float32)
+        if HAS_FILL:
+            v = tl.where(hit[:, None], v, fill)
+        if HAS_POS:
+            v += pos
+        tl.store(out_ptr + (b * N + n64[:, None]) * C + c[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
+        if SUM:
+            acc += v
+    if SUM:
+        tl.store(sum_ptr + n64[:, None] * C + c[None, :], acc.to(sum_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _merge_backward_kernel(g_ptr, inv_ptr, gvis_ptr, gpos_ptr, gfill_ptr, B, N, K, C, sgb, sgn,
+                           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One read of grad[B, N, C] per row block: visible rows go to gvis through the inverse map,
+    sum over clips to gpos[n], and this block's sum over mask-token rows to gfill[program]."""
+    n = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_C)
+    row_ok = n < N
+    mask = row_ok[:, None] & (c < C)[None, :]
+    n64 = n.to(tl.int64)
+    acc_pos = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc_fill = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    g_rows = g_ptr + n64[:, None] * sgn + c[None, :]
+    inv_rows = inv_ptr + n64
+    for _ in range(B):
+        g = tl.load(g_rows, mask=mask, other=0.0).to(tl.float32)
+        acc_pos += g
+        j = tl.load(inv_rows, mask=row_ok, other=-1).to(tl.int64)
+        hit = (j >= 0)[:, None]
+        tl.store(gvis_ptr + j[:, None] * C + c[None, :], g.to(gvis_ptr.dtype.element_ty), mask=mask & hit)
+        acc_fill += tl.where(hit, 0.0, g)
+        g_rows += sgb
+        inv_rows += N
+        gvis_ptr += K * C
+    tl.store(gpos_ptr + n64[:, None] * C + c[None, :], acc_pos.to(gpos_ptr.dtype.element_ty), mask=mask)
+    tl.store(gfill_ptr + tl.program_id(0) * C + c, tl.sum(acc_fill, axis=0), mask=c < C)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def _rows_last_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """Kernels take any row strides but need unit channel stride for vector loads."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _tiling(c: int) -> tuple[int, int, int]:
+    block_c = next_power_of_2(c)
+    block_r = row_block(c)
+    return block_r, block_c, num_warps(block_r * block_c)
+
+
+def _inverse_index(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """inv[B, N]: position k of token n in idx[b], or -1 where n is not in idx[b]."""
+    b, k = idx.shape
+    inv = torch.full((b, num_tokens), -1, dtype=torch.int32, device=idx.device)
+    arange = torch.arange(k, dtype=torch.int32, device=idx.device).expand(b, k)
+    return inv.scatter_(1, idx, arange)
+
+
+def _spread(src: torch.Tensor, inv: torch.Tensor, fill: torch.Tensor | None, pos: torch.Tensor | None,
+            want_sum: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    b, n = inv.shape
+    c = src.shape[-1]
+    src = _rows_last_contiguous(src)
+    out = _triton.empty((b, n, c), src.dtype, src.device)
+    total = _triton.empty((n if want_sum else 0, c), src.dtype, src.device)
+    block_r, block_c, warps = _tiling(c)
+    grid = (triton.cdiv(n, block_r), 1 if want_sum else b)
+    pos_arg = pos if pos is not None else src
+    _spread_kernel[grid](
+        src, inv, fill if fill is not None else src, pos_arg, out, total, n, c, b if want_sum else 1,
+        src.stride(0), src.stride(1), pos_arg.stride(0),
+        HAS_FILL=fill is not None, HAS_POS=pos is not None, SUM=want_sum,
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+    )
+    return out, total
+
+
+# --------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("ivn::gather_tokens", mutates_args=())
+def _gather_op(x: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    b, k = idx.shape
+    c = x.shape[-1]
+    x = _rows_last_contiguous(x)
+    out = _triton.empty((b, k, c), x.dtype, x.device)
+    if pos is not None:
+        pos = _rows_last_contiguous(pos)
+    pos_arg = pos if pos is not None else x
+    block_r, block_c, warps = _tiling(c)
+    _gather_kernel[(triton.cdiv(k, block_r), b)](
+        x, idx, pos_arg, out, k, c, x.stride(0), x.stride(1), idx.stride(0), idx.stride(1), pos_arg.stride(0),
+        HAS_POS=pos is not None, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+    )
+    return out
+
+
+@_gather_op.register_fake
+def _(x: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(idx.shape[0], idx.shape[1], x.shape[-1])
+
+
+@torch.library.custom_op("ivn::gather_tokens_backward", mutates_args=())
+def _gather_backward_op(grad: torch.Tensor, idx: torch.Tensor, num_tokens: int,
+                        pos_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x [B, N, C], grad_pos [N, C], or [0, C] when pos_grad is False)."""
+    return _spread(grad, _inverse_index(idx, num_tokens), None, None, pos_grad)
+
+
+@_gather_backward_op.register_fake
+def _(grad: torch.Tensor, idx: torch.Tensor, num_tokens: int, pos_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    c = grad.shape[-1]
+    return grad.new_empty(idx.shape[0], num_tokens, c), grad.new_empty(num_tokens if pos_grad else 0, c)
+
+
+def _gather_setup(ctx, inputs, output) -> None:
+    x, idx, pos = inputs
+    ctx.save_for_backward(idx)
+    ctx.num_tokens = x.shape[1]
+    ctx.has_pos = pos is not None
+
+
+def _gather_backward(ctx, grad: torch.Tensor):
+    (idx,) = ctx.saved_tensors
+    want_pos = ctx.has_pos and ctx.needs_input_grad[2]
+    grad_x, grad_pos = torch.ops.ivn.gather_tokens_backward(grad, idx, ctx.num_tokens, want_pos)
+    return grad_x if ctx.needs_input_grad[0] else None, None, grad_pos if want_pos else None
+
+
+_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
+
+
+@torch.library.custom_op("ivn::merge_tokens", mutates_args=())
+def _merge_op(vis: torch.Tensor, idx: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor,
+              num_tokens: int) -> torch.Tensor:
+    out, _ = _spread(vis, _inverse_index(idx, num_tokens), mask_token, _rows_last_contiguous(pos), False)
+    return out
+
+
+@_merge_op.register_fake
+def _(vis: torch.Tensor, idx: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor,
+      num_tokens: int) -> torch.Tensor:
+    return vis.new_empty(vis.shape[0], num_tokens, vis.shape[-1])
+
+
+@torch.library.custom_op("ivn::merge_tokens_backward", mutates_args=())
+def _merge_backward_op(grad: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_vis [B, K, C], grad_mask_token [C], grad_pos [N, C]) from one pass over grad."""
+    b, n, c = grad.shape
+    k = idx.shape[1]
+    grad = _rows_last_contiguous(grad)
+    block_r, block_c, warps = _tiling(c)
+    blocks = triton.cdiv(n, block_r)
+    grad_vis = _triton.empty((b, k, c), grad.dtype, grad.device)
+    grad_pos = _triton.empty((n, c), grad.dtype, grad.device)
+    fill_parts = _triton.empty((blocks, c), torch.float32, grad.device)
+    _merge_backward_kernel[(blocks,)](
+        grad, _inverse_index(idx, n), grad_vis, grad_pos, fill_parts, b, n, k, c, grad.stride(0), grad.stride(1),
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+    )
+    return grad_vis, fill_parts.sum(0).to(grad.dtype), grad_pos
+
+
+@_merge_backward_op.register_fake
+def _(grad: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, n, c = grad.shape
+    return grad.new_empty(b, idx.shape[1], c), grad.new_empty(c), grad.new_empty(n, c)
+
+
+def _merge_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[1])
+
+
+def _merge_backward(ctx, grad: torch.Tensor):
+    (idx,) = ctx.saved_tensors
+    grad_vis, grad_mask, grad_pos = torch.ops.ivn.merge_tokens_backward(grad, idx)
+    return grad_vis, None, grad_mask, grad_pos, None
+
+
+_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup)
+
+
+# --------------------------------------------------------------------------- what the models call
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows of x[B, N, C] at idx[B, K] (unique per clip), plus pos[N, C] at the same rows."""
+    if not use_triton(x):
+        return gather_tokens_reference(x, idx, pos)
+    if pos is not None and pos.dtype != x.dtype:
+        dtype = torch.promote_types(x.dtype, pos.dtype)
+        x, pos = x.to(dtype), pos.to(dtype)
+    return torch.ops.ivn.gather_tokens(x, idx, pos)
+
+
+def merge_tokens(
+    vis: torch.Tensor, idx: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor, num_tokens: int
+) -> torch.Tensor:
+    """[B, N, C]: vis[B, K, C] at rows idx (unique per clip), mask_token[C] elsewhere, plus pos[N, C]
+    everywhere, in vis's dtype."""
+    if not use_triton(vis):
+        return merge_tokens_reference(vis, idx, mask_token, pos, num_tokens)
+    return torch.ops.ivn.merge_tokens(vis, idx, mask_token.to(vis.dtype), pos.to(vis.dtype), num_tokens)

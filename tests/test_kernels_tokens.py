@@ -1,0 +1,182 @@
+"""Fused gather / merge kernels against their PyTorch references (forward and backward)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ivn_kernels
+from ivn_kernels import _triton
+from ivn_kernels.tokens import gather_tokens, gather_tokens_reference, merge_tokens, merge_tokens_reference
+
+pytestmark = pytest.mark.skipif(not ivn_kernels.HAS_TRITON, reason="triton is not installed")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# (B, N, K, C): K not a multiple of the row block, C not a power of two, every token visible,
+# one visible token, ViT-B width.
+SHAPES = [(2, 37, 13, 40), (3, 24, 24, 32), (2, 19, 1, 24), (2, 20, 7, 768)]
+
+
+def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not out.isnan().any(), "NaN: an element the kernel should write was left unwritten"
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.fixture(autouse=True)
+def triton_mode(monkeypatch):
+    """Force the Triton path and fill every kernel buffer with NaN before the kernel writes it."""
+
+    def poisoned(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(_triton, "empty", poisoned)
+    with ivn_kernels.using("triton"):
+        yield
+
+
+def check_device(device: str) -> None:
+    if device == "cpu" and not ivn_kernels.INTERPRET:
+        pytest.skip("CPU runs of Triton kernels need TRITON_INTERPRET=1")
+
+
+def random_idx(b: int, n: int, k: int, device: str, strided: bool) -> torch.Tensor:
+    """Unique indices per row (as masks give); `strided` hands the kernel a non-contiguous view."""
+    perm = torch.rand(b, n, device=device).argsort(dim=1)
+    return perm[:, : 2 * k : 2] if strided and 2 * k <= n else perm[:, :k]
+
+
+def leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_(True)
+
+
+def grads(out: torch.Tensor, g: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(out, inputs, g))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_pos", [True, False])
+@pytest.mark.parametrize("strided", [False, True])
+def test_gather_matches_reference(device, shape, with_pos, strided):
+    check_device(device)
+    b, n, k, c = shape
+    # strided: x is a slice along tokens (as the predictor's x[:, num_cls:]), pos a column slice
+    x = leaf(torch.randn(b, n + 3, c, device=device)[:, 3:] if strided else torch.randn(b, n, c, device=device))
+    pos = leaf(torch.randn(n, c + 5, device=device)[:, :c]) if with_pos else None
+    idx = random_idx(b, n, k, device, strided)
+    inputs = [x] + ([pos] if with_pos else [])
+    out = gather_tokens(x, idx, pos)
+    ref = gather_tokens_reference(x, idx, pos)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert rel(out, ref) < 1e-6
+    g = torch.randn_like(ref)
+    for got, want in zip(grads(out, g, inputs), grads(ref, g, inputs)):
+        assert rel(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("strided", [False, True])
+def test_merge_matches_reference(device, shape, strided):
+    check_device(device)
+    b, n, k, c = shape
+    vis = leaf(torch.randn(b, k + 4, c, device=device)[:, 4:] if strided else torch.randn(b, k, c, device=device))
+    mask_token = leaf(torch.randn(c, device=device))
+    pos = leaf(torch.randn(n, c + 5, device=device)[:, :c] if strided else torch.randn(n, c, device=device))
+    idx = random_idx(b, n, k, device, strided)
+    inputs = [vis, mask_token, pos]
+    out = merge_tokens(vis, idx, mask_token, pos, n)
+    ref = merge_tokens_reference(vis, idx, mask_token, pos, n)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert rel(out, ref) < 1e-6
+    g = torch.randn_like(ref)
+    for got, want in zip(grads(out, g, inputs), grads(ref, g, inputs)):
+        assert rel(got, want) < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 kernels are checked on CUDA")
+def test_bf16_on_cuda():
+    b, n, k, c = 4, 4096 // 8, 1024 // 8, 768
+    x = leaf(torch.randn(b, n, c, device="cuda", dtype=torch.bfloat16))
+    pos = leaf(torch.randn(n, c, device="cuda", dtype=torch.bfloat16))
+    idx = random_idx(b, n, k, "cuda", False)
+    g = torch.randn(b, k, c, device="cuda", dtype=torch.bfloat16)
+    out, ref = gather_tokens(x, idx, pos), gather_tokens_reference(x.float(), idx, pos.float())
+    assert out.dtype == torch.bfloat16 and rel(out, ref) < 1e-2
+    for got, want in zip(grads(out, g, [x, pos]), grads(ref, g.float(), [x, pos])):
+        assert rel(got, want) < 1e-2
+    vis, mt = leaf(torch.randn(b, k, c, device="cuda", dtype=torch.bfloat16)), leaf(torch.randn(c, device="cuda"))
+    g = torch.randn(b, n, c, device="cuda", dtype=torch.bfloat16)
+    out = merge_tokens(vis, idx, mt, pos, n)
+    ref = merge_tokens_reference(vis.float(), idx, mt, pos.float(), n)
+    assert out.dtype == torch.bfloat16 and rel(out, ref) < 1e-2
+    for got, want in zip(grads(out, g, [vis, mt, pos]), grads(ref, g.float(), [vis, mt, pos])):
+        assert rel(got, want) < 1e-2
+
+
+def test_compile_fullgraph_traces_the_ops():
+    """Dynamo must see the custom ops (no graph break) and the compiled step must match eager."""
+    device = DEVICES[-1]
+    check_device(device)
+    b, n, k, c = 2, 24, 9, 40
+    x, pos, mt = leaf(torch.randn(b, n, c, device=device)), leaf(torch.randn(n, c, device=device)), leaf(
+        torch.randn(c, device=device))
+    idx = random_idx(b, n, k, device, False)
+
+    def step(x, pos, mt):
+        vis = gather_tokens(x, idx, pos) * 2.0
+        return merge_tokens(vis, idx, mt, pos, n).square().sum()
+
+    backend = "inductor" if device == "cuda" else "aot_eager"  # CPU: trace without a C++ build
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
+    got = compiled(x, pos, mt)
+    got_grads = torch.autograd.grad(got, [x, pos, mt])
+    with ivn_kernels.using("torch"):
+        want = step(x, pos, mt)
+    want_grads = torch.autograd.grad(want, [x, pos, mt])
+    assert rel(got.detach(), want.detach()) < 1e-5
+    for a, w in zip(got_grads, want_grads):
+        assert rel(a, w) < 1e-5
+
+
+def test_switch_modes():
+    x = torch.randn(2, 3)
+    with ivn_kernels.using("torch"):
+        assert not ivn_kernels.use_triton(x)
+    with ivn_kernels.using("auto"):
+        assert not ivn_kernels.use_triton(x)  # auto keeps CPU tensors on the reference
+        if torch.cuda.is_available():
+            assert ivn_kernels.use_triton(x.cuda())
+    with pytest.raises(ValueError):
+        ivn_kernels.set_kernels("cuda")
+
+
+def test_package_works_without_triton():
+    """No triton: the package imports, refuses 'triton', and every op runs the reference."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, ivn_kernels\n"
+        "from ivn_kernels.tokens import gather_tokens\n"
+        "from ivn_kernels.diffusion import gated_residual\n"
+        "assert not ivn_kernels.HAS_TRITON\n"
+        "try:\n    ivn_kernels.set_kernels('triton')\nexcept ValueError:\n    pass\n"
+        "else:\n    raise SystemExit('triton mode accepted without triton')\n"
+        "x = torch.randn(2, 5, 3)\n"
+        "assert torch.equal(gather_tokens(x, torch.tensor([[1, 4], [0, 2]])), x[[[0], [1]], [[1, 4], [0, 2]]])\n"
+        "assert torch.equal(gated_residual(x, x, x), x + x * x)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gpu_check_cpu_smoke(tmp_path):
+    """bench/gpu_check.py end to end in its CPU mode (tiny sizes, interpreter), JSON included."""
+    out = tmp_path / "kernels.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    subprocess.run([sys.executable, str(script), "--cpu-smoke", "--no-tests", "--out", str(out)], check=True,
+                   capture_output=True, timeout=300)
+    record = json.loads(out.read_text())
+    assert record["decoder_parity"]["ok"]
+    assert {r["op"] for r in record["ops"]} >= {"gather_C768", "merge_C1024", "ln_modulate", "q_sample"}
+    assert all(r["triton_ms"] > 0 for r in record["ops"] + record["decoder"])
