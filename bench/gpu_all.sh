@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every GPU check in one command, for a fresh GPU machine with torch and triton installed:
+#   bench/gpu_all.sh [kernels] [train] [report-ablation] [report-final] [bench]   (default: all)
+# Results (JSON and logs) go to $OUT (default bench/results); each part keeps going if another fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(kernels train report-ablation report-final bench)
+python - <<'PY' | tee "$OUT/device.txt"
+import torch, triton, platform
+print(torch.cuda.get_device_name(), "| torch", torch.__version__, "| triton", triton.__version__, "| python",
+      platform.python_version())
+PY
+status=0
+for part in "${parts[@]}"; do
+  echo "=== $part"
+  case "$part" in
+    kernels) python bench/gpu_check.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" ;;
+    train) python -m ivn_fast.pretrain --max-steps 60 --train.progress false --output_dir /tmp/ivn-gpu-run \
+             2>&1 | tee "$OUT/train.log" && python -m ivn_fast.pretrain --stage 2 --max-steps 30 \
+             --train.progress false --output_dir /tmp/ivn-gpu-run 2>&1 | tee -a "$OUT/train.log" ;;
+    report-ablation) python -m bench.report --rows b8-align,b8-align-linear,b8-align-diffusion \
+                       --json "$OUT/report-ablation.json" 2>&1 | tee "$OUT/report-ablation.log" ;;
+    report-final) python -m bench.report --rows b16-stage1,l16-stage1 --json "$OUT/report-final.json" \
+                    2>&1 | tee "$OUT/report-final.log" ;;
+    bench) python -m pytest bench --benchmark-only -q 2>&1 | tail -60 | tee "$OUT/bench.log" ;;
+    *) echo "unknown part $part"; status=2 ;;
+  esac
+  [ "${PIPESTATUS[0]}" -ne 0 ] && status=1
+done
+exit $status
