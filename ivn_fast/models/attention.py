@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 BACKENDS = ("auto", "flash_attn", "sdpa")
 _selected = "auto"
+_flash = None  # flash_attn_func when the selected backend may use it; resolved once, outside any graph
 
 
 @functools.cache
@@ -33,7 +34,9 @@ def set_backend(name: str) -> None:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
     if name == "flash_attn" and _flash_attn_func() is None:
         raise ValueError("attention backend 'flash_attn' requested but flash_attn is not installed")
+    global _flash
     _selected = name
+    _flash = None if name == "sdpa" else _flash_attn_func()
 
 
 def get_backend() -> str:
@@ -60,14 +63,14 @@ def attention(
 ) -> torch.Tensor:
     """Softmax attention over [B, S, H, D] inputs; ``window`` limits each query to keys within
     that many positions on either side (ModernBERT's local layers)."""
-    backend = _selected
-    if backend == "auto":
-        backend = "flash_attn" if _flash_ok(q) and _flash_attn_func() is not None else "sdpa"
-    if backend == "flash_attn" and _flash_ok(q):
+    if _flash is not None and _flash_ok(q):
         w = (-1, -1) if window is None else (window, window)
-        return _flash_attn_func()(q, k, v, dropout_p=dropout_p, window_size=w)
+        return _flash(q, k, v, dropout_p=dropout_p, window_size=w)
     mask = None if window is None else _window_mask(q.shape[1], k.shape[1], window, q.device)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p
     )
     return out.transpose(1, 2)
+
+
+set_backend(_selected)

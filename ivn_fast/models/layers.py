@@ -38,14 +38,16 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float):
         super().__init__()
-        self.p = p
+        # the rate lives in a tensor, so blocks of different rates share one compiled graph
+        self.active = p > 0.0
+        self.register_buffer("keep", torch.tensor(1.0 - p), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
+        if not (self.active and self.training):
             return x
-        keep = 1.0 - self.p
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+        keep = self.keep.to(x.dtype)
+        return x * ((torch.rand(shape, device=x.device) < self.keep).to(x.dtype) / keep)
 
 
 class Mlp(nn.Module):

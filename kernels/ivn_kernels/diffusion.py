@@ -56,7 +56,10 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 def layer_norm_modulate_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                                   shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return modulate(F.layer_norm(x, x.shape[-1:], weight, bias, eps), shift, scale)
+    """fp32 maths, result in x's dtype: what the kernel computes, and what autocast would do."""
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    return modulate(F.layer_norm(x.float(), x.shape[-1:], w, b, eps), shift.float(), scale.float()).to(x.dtype)
 
 
 def gated_residual_reference(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
