@@ -23,7 +23,7 @@ from ivn_kernels import tokens as kt
 
 BATCH, TOKENS, VISIBLE, TOKEN_WIDTHS = 16, 4096, 1024, (768, 1024)
 ROWS, WIDTH, DEPTH, TARGET, Z_DIM, FREQ = 49152, 1536, 6, 3 * 14 * 14, 768, 256
-VARIANTS = ("reference", "compiled", "triton")
+VARIANTS = ("reference", "compiled", "triton", "compiled_triton")
 
 
 @dataclass
@@ -108,19 +108,22 @@ def decoder_model(device: str, dtype: torch.dtype, scale: int = 1, width: int = 
 
 
 def runner(case: Case, variant: str, backward: bool) -> Callable[[], None]:
-    """A closure running one pass of `case` on the chosen path; compiled runs trace the reference."""
-    mode = "triton" if variant == "triton" else "torch"
-    fn = torch.compile(case.fn) if variant == "compiled" else case.fn
+    """A closure running one pass of `case` on the chosen path: eager or torch.compile'd, through
+    the PyTorch references or the Triton ops (compiled_triton: the ops inside the compiled graph,
+    as the trainer runs them)."""
+    mode = "triton" if variant.endswith("triton") else "torch"
+    fn = torch.compile(case.fn) if variant.startswith("compiled") else case.fn
     leaves = [a for a in case.inputs if isinstance(a, torch.Tensor) and a.requires_grad]
     if backward:
         with ivn_kernels.using(mode):
-            seed = torch.randn_like(case.fn(*case.inputs).float())
+            out = case.fn(*case.inputs)
+            seed = torch.randn_like(out.float()).to(out.dtype)
 
     def run() -> None:
         with ivn_kernels.using(mode), (contextlib.nullcontext() if backward else torch.no_grad()):
             out = fn(*case.inputs)
             if backward:
-                torch.autograd.backward(out, seed.to(out.dtype))
+                torch.autograd.backward(out, seed)
                 for a in leaves:
                     a.grad = None
 
