@@ -9,7 +9,7 @@ from ivn_fast.config import build_config
 from ivn_fast.models.diffusion import GaussianDiffusion
 from ivn_fast.models.stage1 import Stage1Model
 from ivn_fast.train.stage1 import token_grid
-from ivn_kernels import _triton
+from kernel_helpers import check_device, rel, triton_mode  # noqa: F401 (triton_mode: autouse fixture)
 from ivn_kernels.diffusion import (
     gated_residual,
     gated_residual_reference,
@@ -25,28 +25,6 @@ pytestmark = pytest.mark.skipif(not ivn_kernels.HAS_TRITON, reason="triton is no
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # (rows, width): rows not a multiple of the row block, widths not powers of two, the decoder's 1536
 SHAPES = [(37, 48), (5, 200), (19, 1536)]
-
-
-def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
-    assert not out.isnan().any(), "NaN: an element the kernel should write was left unwritten"
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
-
-
-@pytest.fixture(autouse=True)
-def triton_mode(monkeypatch):
-    """Force the Triton path and fill every kernel buffer with NaN before the kernel writes it."""
-
-    def poisoned(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(_triton, "empty", poisoned)
-    with ivn_kernels.using("triton"):
-        yield
-
-
-def check_device(device: str) -> None:
-    if device == "cpu" and not ivn_kernels.INTERPRET:
-        pytest.skip("CPU runs of Triton kernels need TRITON_INTERPRET=1")
 
 
 def leaf(t: torch.Tensor) -> torch.Tensor:

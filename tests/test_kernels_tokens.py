@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ivn_kernels
-from ivn_kernels import _triton
+from kernel_helpers import check_device, rel, triton_mode  # noqa: F401 (triton_mode: autouse fixture)
 from ivn_kernels.tokens import gather_tokens, gather_tokens_reference, merge_tokens, merge_tokens_reference
 
 pytestmark = pytest.mark.skipif(not ivn_kernels.HAS_TRITON, reason="triton is not installed")
@@ -17,28 +17,6 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # (B, N, K, C): K not a multiple of the row block, C not a power of two, every token visible,
 # one visible token, ViT-B width.
 SHAPES = [(2, 37, 13, 40), (3, 24, 24, 32), (2, 19, 1, 24), (2, 20, 7, 768)]
-
-
-def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
-    assert not out.isnan().any(), "NaN: an element the kernel should write was left unwritten"
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
-
-
-@pytest.fixture(autouse=True)
-def triton_mode(monkeypatch):
-    """Force the Triton path and fill every kernel buffer with NaN before the kernel writes it."""
-
-    def poisoned(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(_triton, "empty", poisoned)
-    with ivn_kernels.using("triton"):
-        yield
-
-
-def check_device(device: str) -> None:
-    if device == "cpu" and not ivn_kernels.INTERPRET:
-        pytest.skip("CPU runs of Triton kernels need TRITON_INTERPRET=1")
 
 
 def random_idx(b: int, n: int, k: int, device: str, strided: bool) -> torch.Tensor:
