@@ -316,3 +316,18 @@ def test_build_decoder_kinds():
     assert isinstance(mlp, MLPDecoder) and mlp.head[0].out_features == 16
     with pytest.raises(ValueError, match="diffusion, linear, mlp"):
         build_decoder("vae", 8, 12, **kw)
+
+
+def test_sample_range_keeps_an_untrained_decoder_bounded():
+    torch.manual_seed(0)
+    free = DiffusionDecoder(z_dim=4, target_dim=6, width=32, depth=2, num_sampling_steps=20)
+    clipped = DiffusionDecoder(z_dim=4, target_dim=6, width=32, depth=2, num_sampling_steps=20,
+                               sample_range=(-2.0, 2.5))
+    clipped.load_state_dict(free.state_dict())
+    for dec in (free, clipped):  # a random final layer, as an untrained network would have
+        torch.nn.init.normal_(dec.net.final.proj.weight, std=0.5)
+    z = torch.randn(256, 4)
+    wild = free.reconstruct(z, generator=torch.Generator().manual_seed(0))
+    tame = clipped.reconstruct(z, generator=torch.Generator().manual_seed(0))
+    assert wild.abs().max() > 100  # the ~2e-9 alpha_bar of the first step amplifies eps errors
+    assert tame.abs().max() < 10 and torch.isfinite(tame).all()

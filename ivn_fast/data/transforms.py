@@ -6,6 +6,9 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# the range normalised pixels can take, over all channels: what a pixel decoder may output
+PIXEL_RANGE = (min(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
+               max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)))
 
 
 def _stats(like: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,10 +23,13 @@ class DiffusionDecoder(nn.Module):
     """Per-token diffusion head: models p(pixels | z) instead of regressing its mean, so blurry
     averages of plausible patches are not rewarded."""
 
+    deterministic = False  # reconstruct draws samples
+
     def __init__(self, z_dim: int, target_dim: int, width: int, depth: int, diffusion_batch_mul: int = 1,
-                 num_sampling_steps: int = 100, fp32: bool = True):
+                 num_sampling_steps: int = 100, fp32: bool = True, sample_range: tuple[float, float] | None = None):
         super().__init__()
         self.target_dim = target_dim
+        self.sample_range = sample_range
         self.diffusion_batch_mul = diffusion_batch_mul
         self.num_sampling_steps = num_sampling_steps
         self.fp32 = fp32
@@ -68,11 +71,13 @@ class DiffusionDecoder(nn.Module):
                 z = z.float()
             noise = torch.randn((z.shape[0], self.target_dim), generator=generator, device=z.device)
             return process.sample(lambda x, t: self.net(x, t, z), noise, temperature=temperature,
-                                  generator=generator)
+                                  clip=self.sample_range, generator=generator)
 
 
 class _RegressionDecoder(nn.Module):
     """MSE regression to the pixels: deterministic, so `reconstruct` ignores its sampling options."""
+
+    deterministic = True
 
     head: nn.Module
 
@@ -113,12 +118,13 @@ class MLPDecoder(_RegressionDecoder):
 
 
 def build_decoder(kind: str, z_dim: int, target_dim: int, *, width: int, depth: int, diffusion_batch_mul: int = 1,
-                  num_sampling_steps: int = 100, fp32: bool = True) -> nn.Module:
+                  num_sampling_steps: int = 100, fp32: bool = True,
+                  sample_range: tuple[float, float] | None = None) -> nn.Module:
     """`width` is the diffusion MLP's width or the MLP head's hidden size; `depth` only matters
-    for the diffusion head."""
+    for the diffusion head, and `sample_range` (the targets' value range) for its sampler."""
     if kind == "diffusion":
         return DiffusionDecoder(z_dim, target_dim, width, depth, diffusion_batch_mul=diffusion_batch_mul,
-                                num_sampling_steps=num_sampling_steps, fp32=fp32)
+                                num_sampling_steps=num_sampling_steps, fp32=fp32, sample_range=sample_range)
     if kind == "linear":
         return LinearDecoder(z_dim, target_dim)
     if kind == "mlp":

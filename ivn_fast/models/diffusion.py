@@ -173,12 +173,13 @@ class GaussianDiffusion:
                 + self._extract("posterior_mean_coef2", t) * x_t)
         return mean, self._extract("posterior_variance", t), self._extract("posterior_log_variance_clipped", t)
 
-    def p_mean_variance(self, model_out: torch.Tensor, x_t: torch.Tensor,
-                        t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def p_mean_variance(self, model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                        clip: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(x_{t-1} | x_t) from the raw [eps, v] output.
 
         v in [-1, 1] interpolates the log-variance between the posterior variance (v = -1) and
-        beta_t (v = 1), which keeps the learned variance in its sensible range.
+        beta_t (v = 1), which keeps the learned variance in its sensible range. `clip` clamps
+        the implied x_0 to the data's range (improved DDPM's clip_denoised).
         """
         eps, v = model_out.float().chunk(2, dim=-1)
         frac = (v + 1.0) / 2.0
@@ -186,6 +187,8 @@ class GaussianDiffusion:
                    + (1.0 - frac) * self._extract("posterior_log_variance_clipped", t))
         pred_x_start = (self._extract("sqrt_recip_alphas_cumprod", t) * x_t
                         - self._extract("sqrt_recipm1_alphas_cumprod", t) * eps)
+        if clip is not None:
+            pred_x_start = pred_x_start.clamp(*clip)
         mean, _, _ = self.q_posterior(pred_x_start, x_t, t)
         return mean, log_var
 
@@ -215,18 +218,18 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(self, model: ModelFn, noise: torch.Tensor, *, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               clip: tuple[float, float] | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Ancestral sampling from x_T = `noise`; `temperature` scales each step's added noise.
 
         The first step leaves the last training timestep, whose alpha_bar is ~2e-9 under the
         clipped cosine schedule: it multiplies errors in the predicted noise by about
-        sqrt(alpha_bar_prev / alpha_bar) (~316 with 100 steps, ~32 with 1000), so an undertrained
-        denoiser gives divergent samples however good it is elsewhere.
+        sqrt(alpha_bar_prev / alpha_bar) (~316 with 100 steps, ~32 with 1000), so without `clip`
+        an undertrained denoiser gives divergent samples however good it is elsewhere.
         """
         x = noise.float()
         for i in reversed(range(self.num_timesteps)):
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-            mean, log_var = self.p_mean_variance(model(x, self.model_timesteps(t)), x, t)
+            mean, log_var = self.p_mean_variance(model(x, self.model_timesteps(t)), x, t, clip)
             if i == 0:
                 x = mean
             else:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ivn_fast.config import ModelConfig
+from ivn_fast.data.transforms import PIXEL_RANGE
 from ivn_fast.models.decoders import build_decoder
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.heads import AttentionPool, ProjectionHead
@@ -67,6 +68,7 @@ class Stage1Model(nn.Module):
             self.decoder = build_decoder(
                 d.kind, self.predictor.width, 3 * enc.patch_size**2, width=d.width, depth=d.depth,
                 diffusion_batch_mul=d.batch_mul, num_sampling_steps=d.sampling_steps, fp32=d.fp32,
+                sample_range=PIXEL_RANGE,
             )
 
     def align_layers(self) -> tuple[int, ...]:

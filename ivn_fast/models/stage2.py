@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivn_fast.config import ModelConfig
+from ivn_fast.data.transforms import PIXEL_RANGE
 from ivn_fast.models.decoders import build_decoder
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.heads import ProjectionHead
@@ -56,6 +57,7 @@ class Stage2Student(nn.Module):
             self.decoder = build_decoder(
                 d.kind, self.predictor.width, 3 * enc.patch_size**2, width=d.width, depth=d.depth,
                 diffusion_batch_mul=d.batch_mul, num_sampling_steps=d.sampling_steps, fp32=d.fp32,
+                sample_range=PIXEL_RANGE,
             )
 
     def forward(self, video: torch.Tensor, vis_idx: torch.Tensor) -> Stage2Output:

@@ -107,8 +107,14 @@ class Stage1Task:
         shown = {"masked input": hide_tokens(original, vis_idx, p, self.grid)}
         if self.recon:
             out = model(video, vis_idx)
-            filled = model.decoder.reconstruct(out.z.flatten(0, 1).float(), generator=generator)
             index = out.masked_idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
-            shown["reconstruction"] = to_pixels(patches.scatter(1, index, filled.view(index.shape).to(patches.dtype)))
+            # a sample, and the noise-free path (temperature 0), which shows what an early decoder
+            # has learned before its samples sharpen
+            for label, temperature in (("reconstruction", 1.0), ("temperature 0", 0.0)):
+                filled = model.decoder.reconstruct(out.z.flatten(0, 1).float(), temperature=temperature,
+                                                   generator=generator)
+                shown[label] = to_pixels(patches.scatter(1, index, filled.view(index.shape).to(patches.dtype)))
+                if model.decoder.deterministic:
+                    break
         shown["original"] = original
         return shown
