@@ -6,7 +6,8 @@ Each row builds the real trainer for a paper setting (teacher and predictor with
 weights of the real shapes, so nothing is downloaded), times `Trainer.train_step` on a fixed
 batch, counts the step's FLOPs with FlopCounterMode, and projects the paper's schedule onto
 the measured clips/s. The baseline is eager PyTorch with the reference ops and default SDPA;
-the fast path is per-block torch.compile with the Triton kernels and the best attention.
+the fast path is per-block torch.compile with the Triton kernels and the best attention, with
+optional activation checkpointing.
 A row that runs out of memory is reported as such and the report goes on.
 """
 
@@ -68,7 +69,8 @@ def random_teacher(name: str, root: Path, device: torch.device) -> str:
     return str(out)
 
 
-def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: torch.device, out_dir: str) -> Config:
+def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: torch.device, out_dir: str,
+               checkpointing: str = "none") -> Config:
     preset, overrides, _, _ = ROWS[name]
     cfg = build_config(preset, overrides)
     teacher = Path(cfg.model.teacher.path).name
@@ -79,6 +81,7 @@ def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: to
     t = cfg.train
     t.batch_size, t.progress, t.tensorboard, t.device = batch, False, False, device.type
     t.compile = fast
+    t.activation_checkpointing = checkpointing if fast else "none"
     t.kernels = "auto" if fast else "torch"
     t.attention = "auto" if fast else "sdpa"
     cfg.data.num_workers, cfg.data.synthetic_videos = 0, max(batch, 8)
@@ -151,9 +154,11 @@ def matmul_peak(device: torch.device) -> float:
 
 def run_row(name: str, args: argparse.Namespace, device: torch.device, peak: float, root: Path) -> dict[str, Any]:
     _, _, schedule_clips, paper = ROWS[name]
-    row: dict[str, Any] = {"row": name, "batch": args.batch, **paper}
+    row: dict[str, Any] = {"row": name, "batch": args.batch, "fast_activation_checkpointing":
+                           args.activation_checkpointing, **paper}
     for variant, fast in (("eager", False), ("fast", True)):
-        cfg = row_config(name, args.batch, fast, root / "teachers", device, str(root / f"run-{name}-{variant}"))
+        cfg = row_config(name, args.batch, fast, root / "teachers", device, str(root / f"run-{name}-{variant}"),
+                         args.activation_checkpointing)
         try:
             row[variant] = measure_step(cfg, args.steps, args.warmup, count_flops=not fast)
         except torch.OutOfMemoryError as e:
@@ -202,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="clips per step (per GPU)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--activation-checkpointing", default="none", choices=("none", "full", "selective"),
+                        help="activation checkpointing of the fast path (the eager baseline never uses it)")
     parser.add_argument("--json", type=Path, default=None, help="write the full results here")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

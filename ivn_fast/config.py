@@ -165,6 +165,9 @@ class TrainConfig:
     kernels: str = _f("auto", "masked-token and diffusion-decoder ops: fused Triton kernels or the PyTorch "
                               "reference (auto: Triton on CUDA when importable, else torch)",
                       ("auto", "triton", "torch"))
+    activation_checkpointing: str = _f("none", "recompute block activations in the backward instead of keeping "
+                                               "them: every repeated block (full) or every other one (selective)",
+                                       ("none", "full", "selective"))
     compile: bool = _f(False, "torch.compile each repeated block (encoder, predictor, decoder, teacher layers) "
                               "in place; one compiled graph per block type")
     log_every: int = _f(10, "steps between log lines and metric records")

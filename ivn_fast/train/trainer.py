@@ -19,7 +19,7 @@ from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World, all_finite, barrier, mean_over_ranks
 from ivn_fast.train.metrics import MetricsWriter, format_line
 from ivn_fast.train.optim import LRSchedule, build_optimizer
-from ivn_fast.train.parallelize import compile_blocks
+from ivn_fast.train.parallelize import checkpoint_blocks, compile_blocks
 from ivn_fast.train.stage1 import Stage1Task
 from ivn_fast.train.stage2 import Stage2Task
 from ivn_fast.viz import save_clip_grid
@@ -53,6 +53,9 @@ class Trainer:
         task_cls = Stage2Task if cfg.train.stage == 2 else Stage1Task
         self.task = task_cls(cfg, device, seed=cfg.train.seed * 1000 + world.rank)
         self.raw_model = self.task.build_model().to(device)
+        if cfg.train.activation_checkpointing != "none":
+            log.info("activation checkpointing (%s) on %d blocks", cfg.train.activation_checkpointing,
+                     checkpoint_blocks(self.raw_model, cfg.train.activation_checkpointing))
         if cfg.train.compile:
             log.info("compiled %d student and %d teacher blocks", compile_blocks(self.raw_model),
                      compile_blocks(self.task.teacher))

@@ -1,0 +1,53 @@
+"""Speed-ups applied from outside the model: activation checkpointing changes memory, not maths."""
+
+import copy
+
+import pytest
+import torch
+
+from ivn_fast.config import build_config
+from ivn_fast.models.stage1 import Stage1Model
+from ivn_fast.train.parallelize import checkpoint_blocks, repeated_blocks
+from ivn_fast.train.stage1 import token_grid
+
+
+def _model_and_batch():
+    cfg = build_config("tiny", {"data": {"num_frames": 4}, "model": {"encoder": {"drop_path": 0.2}}})
+    grid = token_grid(cfg)
+    torch.manual_seed(0)
+    model = Stage1Model(cfg.model, grid, teacher_width=64, teacher_final_width=32)
+    b, n = 2, grid[0] * grid[1] * grid[2]
+    video = torch.randn(b, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size)
+    vis_idx = torch.rand(b, n).argsort(dim=1)[:, : n // 5].sort(dim=1).values
+    return model, video, vis_idx
+
+
+def _loss_and_grads(model, video, vis_idx):
+    torch.manual_seed(1)  # drop-path and the decoder's t and noise
+    out = model(video, vis_idx)
+    loss = out.recon + out.mid.sum() * 0.01 + out.final.sum() * 0.01
+    params = [p for p in model.parameters() if p.requires_grad]
+    return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_checkpointing_gives_the_same_loss_and_gradients(mode):
+    model, video, vis_idx = _model_and_batch()
+    wrapped = copy.deepcopy(model)
+    blocks = len(list(repeated_blocks(wrapped)))
+    count = checkpoint_blocks(wrapped, mode)
+    assert count == (blocks if mode == "full" else (blocks + 1) // 2)
+    assert list(wrapped.state_dict()) == list(model.state_dict())  # names unchanged
+    ref, ref_grads = _loss_and_grads(model.train(), video, vis_idx)
+    got, got_grads = _loss_and_grads(wrapped.train(), video, vis_idx)
+    assert torch.equal(got, ref)
+    for a, r in zip(got_grads, ref_grads):
+        assert (a is None) == (r is None)
+        if r is not None:
+            assert torch.allclose(a, r, rtol=1e-5, atol=1e-7)
+
+
+def test_bad_mode_is_an_error():
+    model, _, _ = _model_and_batch()
+    with pytest.raises(ValueError, match="none, full or selective"):
+        checkpoint_blocks(model, "some")
