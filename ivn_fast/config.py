@@ -433,8 +433,6 @@ def validate(cfg: Config, *, check_paths: bool = True) -> None:
            f"must be <= model.encoder.depth={e.depth}", cfg.model.teacher.num_layers)
     _check(0.0 < o.beta1 < 1.0 and 0.0 < o.beta2 < 1.0, "optim.beta1/beta2", "must be in (0, 1)",
            (o.beta1, o.beta2))
-    _check(o.warmup_steps <= t.max_steps, "optim.warmup_steps", f"must be <= train.max_steps={t.max_steps}",
-           o.warmup_steps)
     _check(t.stage in (1, 2), "train.stage", "must be 1 or 2", t.stage)
     s2 = cfg.stage2
     _check(0.0 < s2.momentum <= 1.0, "stage2.momentum", "must be in (0, 1]", s2.momentum)

@@ -80,3 +80,11 @@ def test_config_diff_names_fields():
     a = {"model": {"encoder": {"depth": 12, "embed_dim": 768}}, "train": {"max_steps": 5, "batch_size": 8}}
     b = {"model": {"encoder": {"depth": 6, "embed_dim": 768}}, "train": {"max_steps": 9, "batch_size": 8}}
     assert config_diff(a, b) == ["model.encoder.depth"]
+
+
+def test_run_shorter_than_its_warmup_warms_up_over_its_length():
+    cfg = OptimConfig(lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_steps=30, scale_lr=False)
+    schedule = LRSchedule(cfg, max_steps=10, global_batch=8)
+    lrs = [schedule(s) for s in range(10)]
+    assert lrs == sorted(lrs) and lrs[0] == 1e-6 and lrs[-1] < 1e-3
+    assert schedule(10) == 1e-3  # the peak is reached where the run ends

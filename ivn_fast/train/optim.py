@@ -42,13 +42,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
 class LRSchedule:
     """Linear warmup from warmup_lr to lr, then half-cosine to min_lr at max_steps.
 
-    A pure function of the step, so resuming needs nothing but the step.
+    A pure function of the step, so resuming needs nothing but the step. A run shorter than its
+    warmup (a quick `--max-steps 20` check of a preset) warms up over its whole length instead.
     """
 
     def __init__(self, cfg: OptimConfig, max_steps: int, global_batch: int):
         scale = global_batch / 256 if cfg.scale_lr else 1.0
         self.lr, self.min_lr, self.warmup_lr = cfg.lr * scale, cfg.min_lr * scale, cfg.warmup_lr * scale
-        self.warmup, self.max_steps = cfg.warmup_steps, max_steps
+        self.warmup, self.max_steps = min(cfg.warmup_steps, max_steps), max_steps
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
