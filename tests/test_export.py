@@ -1,0 +1,38 @@
+"""Exported encoders give the same features as the encoder inside the checkpoint."""
+
+import pytest
+import torch
+
+import ivn_fast
+from ivn_fast.config import EncoderConfig, from_dict
+from ivn_fast.export import main as export_main
+from ivn_fast.models.encoder import VideoEncoder
+from ivn_fast.pretrain import main as pretrain_main
+from ivn_fast.train.checkpoint import latest_checkpoint, load_checkpoint
+from ivn_fast.train.stage1 import token_grid
+
+TINY = ["--train.progress", "false", "--train.tensorboard", "false", "--data.num_workers", "0",
+        "--data.synthetic_videos", "16", "--train.batch_size", "4", "--model.encoder.depth", "2",
+        "--model.teacher.num_layers", "2", "--model.decoder.sampling_steps", "3", "--max-steps", "2"]
+
+
+def test_export_round_trips_the_features(tmp_path):
+    assert pretrain_main(TINY + ["--output_dir", str(tmp_path / "run")]) == 0
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "enc")]) == 0
+    state = load_checkpoint(ckpt)
+    cfg = from_dict(state["config"])
+    original = VideoEncoder(cfg.model.encoder, token_grid(cfg)).eval()
+    original.load_state_dict({k[8:]: v for k, v in state["model"].items() if k.startswith("encoder.")})
+    loaded = ivn_fast.load_encoder(tmp_path / "enc")
+    assert isinstance(loaded.cfg, EncoderConfig) and not loaded.training
+    video = torch.randn(2, 3, 4, 56, 56)  # another clip size than training: tables are resized
+    with torch.no_grad():
+        assert torch.equal(loaded(video).tokens, original(video).tokens)
+
+
+def test_missing_checkpoint_and_export_give_clear_errors(tmp_path, capsys):
+    assert export_main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "enc")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="encoder.json"):
+        ivn_fast.load_encoder(tmp_path)
