@@ -28,20 +28,26 @@ from ivn_fast.train.stage1 import token_grid
 WEIGHTS, CONFIG = "encoder.safetensors", "encoder.json"
 
 
-def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the checkpoint's encoder to `out` (replaced atomically if it exists)."""
+def _checkpoint_encoder(checkpoint: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(config tree, encoder weights, metadata) of a training checkpoint of either stage."""
     state = load_checkpoint(checkpoint)
     cfg = from_dict(state["config"])
     weights = {k[len("encoder."):]: v.contiguous() for k, v in state["model"].items() if k.startswith("encoder.")}
     if not weights:
         raise ValueError(f"{checkpoint} holds no encoder weights")
+    meta = {"encoder": dataclasses.asdict(cfg.model.encoder), "grid": list(token_grid(cfg)),
+            "stage": cfg.train.stage, "step": state["step"], "source": str(checkpoint)}
+    return state["config"], weights, meta
+
+
+def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the checkpoint's encoder to `out` (replaced atomically if it exists)."""
+    _, weights, meta = _checkpoint_encoder(checkpoint)
     out = Path(out)
     tmp = out.with_name(f".tmp_{out.name}_{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(weights, str(tmp / WEIGHTS))
-    meta = {"encoder": dataclasses.asdict(cfg.model.encoder), "grid": list(token_grid(cfg)),
-            "stage": cfg.train.stage, "step": state["step"], "source": str(checkpoint)}
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
@@ -49,16 +55,24 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
-def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> VideoEncoder:
-    """An exported encoder in eval mode: `encoder(video).tokens` gives [B, num_cls + N, C] features
-    for video [B, 3, T, H, W] (ImageNet-normalised, H and W multiples of the patch size)."""
+def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, random_init: bool = False) -> VideoEncoder:
+    """An encoder in eval mode from an exported directory or a training checkpoint (a
+    step_XXXXXXXX directory): `encoder(video).tokens` gives [B, num_cls + N, C] features for
+    video [B, 3, T, H, W] (ImageNet-normalised, H and W multiples of the patch size).
+    `random_init` keeps the shape and skips the weights: the baseline every probe is read against."""
     path = Path(path)
-    for name in (CONFIG, WEIGHTS):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path} holds no {name}: export one with python -m ivn_fast.export")
-    meta = json.loads((path / CONFIG).read_text())
+    if (path / CONFIG).is_file():
+        if not (path / WEIGHTS).is_file():
+            raise FileNotFoundError(f"{path} holds {CONFIG} but no {WEIGHTS}")
+        meta = json.loads((path / CONFIG).read_text())
+        weights = None if random_init else load_file(str(path / WEIGHTS))
+    elif (path / "state.pt").is_file():
+        _, weights, meta = _checkpoint_encoder(path)
+    else:
+        raise FileNotFoundError(f"{path} holds neither an exported encoder ({CONFIG}) nor a checkpoint (state.pt)")
     encoder = VideoEncoder(EncoderConfig(**meta["encoder"]), tuple(meta["grid"]))
-    encoder.load_state_dict(load_file(str(path / WEIGHTS)))
+    if not random_init:
+        encoder.load_state_dict(weights)
     return encoder.to(device).eval()
 
 

@@ -34,5 +34,5 @@ def test_export_round_trips_the_features(tmp_path):
 def test_missing_checkpoint_and_export_give_clear_errors(tmp_path, capsys):
     assert export_main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "enc")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="encoder.json"):
+    with pytest.raises(FileNotFoundError, match="neither an exported encoder"):
         ivn_fast.load_encoder(tmp_path)
