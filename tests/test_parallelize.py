@@ -51,3 +51,21 @@ def test_bad_mode_is_an_error():
     model, _, _ = _model_and_batch()
     with pytest.raises(ValueError, match="none, full or selective"):
         checkpoint_blocks(model, "some")
+
+
+def test_blocks_of_different_drop_path_rates_share_one_graph():
+    import torch._dynamo
+
+    from ivn_fast.config import EncoderConfig
+    from ivn_fast.models.encoder import VideoEncoder
+    from ivn_fast.train.parallelize import compile_blocks
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    encoder = VideoEncoder(EncoderConfig(embed_dim=32, depth=12, num_heads=2, drop_path=0.3), (2, 2, 2)).train()
+    assert compile_blocks(encoder, backend="eager") == 12
+    encoder(torch.randn(2, 3, 2, 28, 28)).tokens.sum().backward()
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # rate 0 and rate > 0
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    torch._dynamo.reset()

@@ -33,7 +33,7 @@ def checkpoint_blocks(model: nn.Module, mode: str) -> int:
     return count
 
 
-def compile_blocks(model: nn.Module) -> int:
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     """Compile every repeated block in place and return how many.
 
     Repeated blocks share code, so dynamo reuses one graph per block type. `Module.compile`
@@ -41,6 +41,6 @@ def compile_blocks(model: nn.Module) -> int:
     """
     count = 0
     for block in repeated_blocks(model):
-        block.compile()
+        block.compile(backend=backend)
         count += 1
     return count
