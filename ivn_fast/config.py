@@ -170,6 +170,8 @@ class TrainConfig:
                                        ("none", "full", "selective"))
     compile: bool = _f(False, "torch.compile each repeated block (encoder, predictor, decoder, teacher layers) "
                               "in place; one compiled graph per block type")
+    profile: bool = _f(False, "record steps 4-6 with the torch profiler: a Chrome trace and the top operators in "
+                              "OUTPUT_DIR/profile, the table also logged")
     log_every: int = _f(10, "steps between log lines and metric records")
     ckpt_every: int = _f(1000, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint of this stage (OUTPUT_DIR/checkpoints, or "
                              "OUTPUT_DIR/stage2/checkpoints) at the exact step, LR, data order and random state")
+    parser.add_argument("--profile", action="store_true", help="same as --train.profile true")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     defaults = Config()
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -78,6 +79,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namesp
     for flag, dotted in (("max_steps", "train.max_steps"), ("stage", "train.stage"), ("init", "stage2.init")):
         if getattr(args, flag) is not None:
             set_dotted(overrides, dotted, getattr(args, flag))
+    if args.profile:
+        set_dotted(overrides, "train.profile", True)
     trees = [load_file(args.config)] if args.config else []
     cfg = build_config(args.preset, *trees, overrides)
     return cfg, args

@@ -55,3 +55,12 @@ def test_resume_with_another_config_names_the_fields(tmp_path, capsys):
     assert main(TINY + ["--max-steps", "4", "--output_dir", str(out), "--resume", "--model.encoder.depth", "2"]) == 2
     err = capsys.readouterr().err
     assert "model.encoder.depth" in err and "model.teacher.num_layers" not in err
+
+
+def test_profile_writes_a_trace_and_the_top_operators(tmp_path):
+    out = tmp_path / "run"
+    assert main(TINY + ["--max-steps", "7", "--output_dir", str(out), "--profile"]) == 0
+    trace = json.loads((out / "profile" / "trace.json").read_text())
+    assert trace["traceEvents"], "empty trace"
+    table = (out / "profile" / "top_ops.txt").read_text()
+    assert "aten::" in table and "Self CPU" in table

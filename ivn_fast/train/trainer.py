@@ -20,6 +20,7 @@ from ivn_fast.train.distributed import World, all_finite, barrier, mean_over_ran
 from ivn_fast.train.metrics import MetricsWriter, format_line
 from ivn_fast.train.optim import LRSchedule, build_optimizer
 from ivn_fast.train.parallelize import checkpoint_blocks, compile_blocks
+from ivn_fast.train.profiling import step_profiler
 from ivn_fast.train.stage1 import Stage1Task
 from ivn_fast.train.stage2 import Stage2Task
 from ivn_fast.viz import save_clip_grid
@@ -182,29 +183,32 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.world.is_main),
                    dynamic_ncols=True, desc=f"stage {cfg.stage}")
         batches = iter(self.loader)
-        while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
-            video = next(batches)["video"].to(self.device, non_blocking=True)
-            wait_window += time.perf_counter() - t0
-            window.append(self.train_step(video))
-            bar.update(1)
-            bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                elapsed = time.perf_counter() - t_window
-                last = {k: sum(r[k] for r in window) / len(window) for k in window[-1]}
-                last.update(step=self.step, lr=window[-1]["lr"], skipped_steps=self.skipped,
-                            clips_per_s=len(window) * cfg.batch_size / elapsed,
-                            step_time_s=elapsed / len(window), data_wait_frac=wait_window / elapsed)
-                if self.device.type == "cuda":
-                    last["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-                self.metrics.write(last)
-                if self.world.is_main:
-                    bar.write(format_line(last, cfg.max_steps))
-                window, t_window, wait_window = [], time.perf_counter(), 0.0
-            if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
-                self.save()
-            if cfg.picture_every and self.step % cfg.picture_every == 0 and self.step < cfg.max_steps:
-                self.save_picture()
+        profiler = step_profiler(cfg.profile and self.world.is_main, self.out_dir / "profile", self.device)
+        with profiler as profile_step:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                video = next(batches)["video"].to(self.device, non_blocking=True)
+                wait_window += time.perf_counter() - t0
+                window.append(self.train_step(video))
+                profile_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    elapsed = time.perf_counter() - t_window
+                    last = {k: sum(r[k] for r in window) / len(window) for k in window[-1]}
+                    last.update(step=self.step, lr=window[-1]["lr"], skipped_steps=self.skipped,
+                                clips_per_s=len(window) * cfg.batch_size / elapsed,
+                                step_time_s=elapsed / len(window), data_wait_frac=wait_window / elapsed)
+                    if self.device.type == "cuda":
+                        last["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                    self.metrics.write(last)
+                    if self.world.is_main:
+                        bar.write(format_line(last, cfg.max_steps))
+                    window, t_window, wait_window = [], time.perf_counter(), 0.0
+                if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                    self.save()
+                if cfg.picture_every and self.step % cfg.picture_every == 0 and self.step < cfg.max_steps:
+                    self.save_picture()
         bar.close()
         if self.step > start_step or ckpt.latest_checkpoint(self.ckpt_root) is None:
             self.save()
