@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ivn_fast.config import Config, build_config, validate
 from ivn_fast.models.attention import set_backend
+from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World
 from ivn_fast.train.trainer import Trainer
 from ivn_kernels import set_kernels
@@ -43,7 +44,10 @@ ROWS: dict[str, tuple[str, dict, int, dict[str, float]]] = {
     "b8-align-diffusion": ("vit-b-ablation", {}, 30 * K710_VIDEOS, {"paper_mem_gb": 48}),
     "b16-stage1": ("vit-b", {}, 50 * K_MASH_VIDEOS, {"paper_a100_hours": 1500}),
     "l16-stage1": ("vit-l", {}, 50 * K_MASH_VIDEOS, {"paper_a100_hours": 3600}),
+    "b32-stage2": ("vit-b", {"train": {"stage": 2}}, 100 * K_MASH_VIDEOS, {"paper_a100_hours": 3400 - 1500}),
+    "l32-stage2": ("vit-l", {"train": {"stage": 2}}, 100 * K_MASH_VIDEOS, {"paper_a100_hours": 9700 - 3600}),
     "tiny": ("tiny", {}, 50 * K_MASH_VIDEOS, {}),
+    "tiny-stage2": ("tiny", {"train": {"stage": 2}}, 100 * K_MASH_VIDEOS, {}),
 }
 
 # teacher directories of the presets -> (transformers class name, config kwargs) of that shape
@@ -70,9 +74,10 @@ def random_teacher(name: str, root: Path, device: torch.device) -> str:
 
 
 def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: torch.device, out_dir: str,
-               checkpointing: str = "none") -> Config:
+               checkpointing: str = "none", stage: int | None = None) -> Config:
+    """The row's config on the chosen path; `stage=1` gives the Stage 1 run a Stage 2 row starts from."""
     preset, overrides, _, _ = ROWS[name]
-    cfg = build_config(preset, overrides)
+    cfg = build_config(preset, overrides if stage is None else {"train": {"stage": stage}})
     teacher = Path(cfg.model.teacher.path).name
     if teacher in TEACHER_SHAPES:
         cfg.model.teacher.path = random_teacher(teacher, teacher_root, device)
@@ -86,8 +91,22 @@ def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: to
     t.attention = "auto" if fast else "sdpa"
     cfg.data.num_workers, cfg.data.synthetic_videos = 0, max(batch, 8)
     cfg.output_dir = out_dir
+    if cfg.train.stage == 2:
+        cfg.stage2.init = stage1_checkpoint(name, batch, teacher_root, device, Path(out_dir).parent)
     validate(cfg)
     return cfg
+
+
+def stage1_checkpoint(name: str, batch: int, teacher_root: Path, device: torch.device, root: Path) -> str:
+    """A step-0 Stage 1 checkpoint of the row's shapes (random weights), written once per row."""
+    out = root / f"stage1-of-{name}"
+    if not (out / "checkpoints").is_dir():
+        cfg = row_config(name, batch, False, teacher_root, device, str(out), stage=1)
+        trainer = Trainer(cfg, World())
+        trainer.save()
+        del trainer
+        _release(device)
+    return str(ckpt.latest_checkpoint(out / "checkpoints"))
 
 
 def _sync(device: torch.device) -> None:
