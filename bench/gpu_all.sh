@@ -24,8 +24,10 @@ for part in "${parts[@]}"; do
              --train.progress false --output_dir /tmp/ivn-gpu-run 2>&1 | tee -a "$OUT/train.log" ;;
     report-ablation) python -m bench.report --rows b8-align,b8-align-linear,b8-align-diffusion \
                        --json "$OUT/report-ablation.json" 2>&1 | tee "$OUT/report-ablation.log" ;;
-    report-final) python -m bench.report --rows b16-stage1,l16-stage1 --json "$OUT/report-final.json" \
-                    2>&1 | tee "$OUT/report-final.log" ;;
+    # 16-frame Stage 1 needs batch 16 on 80 GB without activation checkpointing; 32-frame Stage 2 batch 8
+    report-final) python -m bench.report --rows b16-stage1,l16-stage1 --batch 16 --json "$OUT/report-final.json" \
+                    2>&1 | tee "$OUT/report-final.log" && python -m bench.report --rows b32-stage2 --batch 8 \
+                    --json "$OUT/report-stage2.json" 2>&1 | tee "$OUT/report-stage2.log" ;;
     bench) python -m pytest bench --benchmark-only -q 2>&1 | tail -60 | tee "$OUT/bench.log" ;;
     *) echo "unknown part $part"; status=2 ;;
   esac
