@@ -28,8 +28,8 @@ from ivn_fast.train.stage1 import token_grid
 WEIGHTS, CONFIG = "encoder.safetensors", "encoder.json"
 
 
-def _checkpoint_encoder(checkpoint: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """(config tree, encoder weights, metadata) of a training checkpoint of either stage."""
+def _checkpoint_encoder(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(encoder weights, metadata) of a training checkpoint of either stage."""
     state = load_checkpoint(checkpoint)
     cfg = from_dict(state["config"])
     weights = {k[len("encoder."):]: v.contiguous() for k, v in state["model"].items() if k.startswith("encoder.")}
@@ -37,12 +37,12 @@ def _checkpoint_encoder(checkpoint: str | Path) -> tuple[dict, dict[str, torch.T
         raise ValueError(f"{checkpoint} holds no encoder weights")
     meta = {"encoder": dataclasses.asdict(cfg.model.encoder), "grid": list(token_grid(cfg)),
             "stage": cfg.train.stage, "step": state["step"], "source": str(checkpoint)}
-    return state["config"], weights, meta
+    return weights, meta
 
 
 def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the checkpoint's encoder to `out` (replaced atomically if it exists)."""
-    _, weights, meta = _checkpoint_encoder(checkpoint)
+    weights, meta = _checkpoint_encoder(checkpoint)
     out = Path(out)
     tmp = out.with_name(f".tmp_{out.name}_{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -67,7 +67,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, random
         meta = json.loads((path / CONFIG).read_text())
         weights = None if random_init else load_file(str(path / WEIGHTS))
     elif (path / "state.pt").is_file():
-        _, weights, meta = _checkpoint_encoder(path)
+        weights, meta = _checkpoint_encoder(path)
     else:
         raise FileNotFoundError(f"{path} holds neither an exported encoder ({CONFIG}) nor a checkpoint (state.pt)")
     encoder = VideoEncoder(EncoderConfig(**meta["encoder"]), tuple(meta["grid"]))

@@ -73,7 +73,7 @@ def train_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tenso
     steps = epochs * math.ceil(len(x_train) / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     g = torch.Generator().manual_seed(seed)
-    curve = []
+    curve, scores = [], {}
     for _ in range(epochs):
         probe.train()
         for idx in torch.randperm(len(x_train), generator=g).split(batch):
@@ -82,9 +82,9 @@ def train_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tenso
             loss.backward()
             opt.step()
             sched.step()
-        curve.append(evaluate(probe, val, batch, device)["top1"])
-    return {"probe": probe, "curve": curve, **evaluate(probe, val, batch, device),
-            "train_top1": evaluate(probe, train, batch, device)["top1"]}
+        scores = evaluate(probe, val, batch, device)
+        curve.append(scores["top1"])
+    return {"curve": curve, **scores, "train_top1": evaluate(probe, train, batch, device)["top1"]}
 
 
 @torch.no_grad()
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         label, n_train = parse_task(args.train_list, "train")
         val_label, n_val = parse_task(args.val_list, "val")
         if val_label != label:
@@ -140,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     result = train_probe(cached["train"], cached["val"], head=args.head, num_classes=len(LABELS[label]),
                          num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
                          lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
-    result.pop("probe")
     record = {"task": label, **result, "seconds": round(time.perf_counter() - start, 1),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "clips": {"train": n_train, "val": n_val}, "frames": t, "size": size}

@@ -7,7 +7,6 @@ student's encoder and the external SigLIP teacher are ablation switches.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -76,11 +75,12 @@ class Stage2Student(nn.Module):
 
 class EncoderTarget(nn.Module):
     """A Stage 1 encoder run on the whole clip: unit token features [B, N, D], never trained by
-    gradients; with momentum < 1 it follows the student's encoder by EMA."""
+    gradients; with momentum < 1 it follows the student's encoder by EMA. Takes ownership of
+    `encoder` (pass one the student does not share)."""
 
     def __init__(self, encoder: VideoEncoder, momentum: float = 1.0):
         super().__init__()
-        self.encoder = copy.deepcopy(encoder)
+        self.encoder = encoder
         self.momentum = momentum
         self.requires_grad_(False)
         self.eval()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ivn_fast.config import Config, from_dict
+from ivn_fast.config import Config, from_dict, to_dict
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.losses import cosine_loss
 from ivn_fast.masks.multiblock import BlockSpec, multiblock_mask
@@ -39,20 +39,14 @@ def find_stage1_checkpoint(cfg: Config) -> Path:
     return found
 
 
-def stage1_mismatch(saved: Config, cfg: Config) -> list[str]:
-    """Dotted names of the shape-fixing fields where the Stage 1 run and this one differ."""
+def stage1_mismatch(saved: dict, cfg: Config) -> list[str]:
+    """Dotted names of the shape-fixing fields where the Stage 1 run (its config tree) and this one differ."""
     names = [f"model.encoder.{f}" for f in _ENCODER_FIELDS]
     if cfg.stage2.init_predictor:
         names += [f"model.predictor.{f}" for f in _PREDICTOR_FIELDS]
     if cfg.stage2.w_recon > 0:
         names += [f"model.decoder.{f}" for f in _DECODER_FIELDS]
-
-    def get(c: Config, dotted: str) -> Any:
-        for part in dotted.split("."):
-            c = getattr(c, part)
-        return c
-
-    return [n for n in names if get(saved, n) != get(cfg, n)]
+    return ckpt.config_diff(saved, to_dict(cfg), keys=tuple(names))
 
 
 class Stage2Task:
@@ -69,7 +63,7 @@ class Stage2Task:
         saved = from_dict(state["config"])
         if saved.train.stage != 1:
             raise ckpt.CheckpointMismatch(f"{path} is a Stage {saved.train.stage} checkpoint, not Stage 1")
-        diff = stage1_mismatch(saved, cfg)
+        diff = stage1_mismatch(state["config"], cfg)
         if diff:
             raise ckpt.CheckpointMismatch(f"Stage 1 checkpoint {path} was trained with different shapes; "
                                           f"differing fields: {', '.join(diff)}")
@@ -98,10 +92,8 @@ class Stage2Task:
             teacher = SemanticTeacher.from_pretrained(self.cfg.model.teacher.path, num_layers=1, dtype=bf16,
                                                       student_depth=self.cfg.model.encoder.depth)
             return SiglipTarget(teacher, self.grid)
-        holder = nn.Module()
-        holder.encoder = VideoEncoder(self.cfg.model.encoder, self.grid)
-        self._load(holder, ("encoder.",))
-        target = EncoderTarget(holder.encoder, s2.momentum)
+        target = EncoderTarget(VideoEncoder(self.cfg.model.encoder, self.grid), s2.momentum)
+        self._load(target, ("encoder.",))
         # a frozen target only runs forward: bf16 halves its memory; an EMA target keeps fp32
         return target.to(bf16) if bf16 is not None and s2.momentum >= 1.0 else target
 

@@ -39,6 +39,15 @@ def num_warps(block_elems: int) -> int:
     return 4 if block_elems <= 2048 else 8 if block_elems <= 8192 else 16
 
 
+def same_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The references promote mixed dtypes; the kernels take one, so promote up front (a no-op
+    in the models, where they already agree)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Every buffer a kernel fills comes from here, so tests can poison them all in one place."""
     return torch.empty(shape, dtype=dtype, device=device)

@@ -403,15 +403,6 @@ _gated_residual_op.register_autograd(_gated_residual_backward, setup_context=_ga
 # --------------------------------------------------------------------------- what the models call
 
 
-def _same_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The reference promotes mixed dtypes; the kernels take one, so promote up front (a no-op
-    in the models, where they already agree)."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return tuple(t.to(dtype) for t in tensors)
-
-
 def q_sample_at(x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, signal_table: torch.Tensor,
                 noise_table: torch.Tensor) -> torch.Tensor:
     """q_sample with the per-row scales looked up from 1-D schedule tables at step indices t [N]."""
@@ -432,7 +423,7 @@ def layer_norm_modulate(x: torch.Tensor, weight: torch.Tensor | None, bias: torc
     """modulate(LayerNorm(x), shift, scale); weight / bias None for a LayerNorm without affine."""
     if not use_triton(x):
         return layer_norm_modulate_reference(x, weight, bias, shift, scale, eps)
-    x, shift, scale = _same_dtype(x, shift, scale)
+    x, shift, scale = _triton.same_dtype(x, shift, scale)
     return torch.ops.ivn.layer_norm_modulate(x, weight, bias, shift, scale, eps)[0]
 
 
@@ -440,4 +431,4 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torc
     """x + gate * h; a zero gate makes a fresh block an exact identity."""
     if not use_triton(x):
         return gated_residual_reference(x, gate, h)
-    return torch.ops.ivn.gated_residual(*_same_dtype(x, gate, h))
+    return torch.ops.ivn.gated_residual(*_triton.same_dtype(x, gate, h))

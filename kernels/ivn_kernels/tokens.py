@@ -281,9 +281,8 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None =
     """Rows of x[B, N, C] at idx[B, K] (unique per clip), plus pos[N, C] at the same rows."""
     if not use_triton(x):
         return gather_tokens_reference(x, idx, pos)
-    if pos is not None and pos.dtype != x.dtype:
-        dtype = torch.promote_types(x.dtype, pos.dtype)
-        x, pos = x.to(dtype), pos.to(dtype)
+    if pos is not None:
+        x, pos = _triton.same_dtype(x, pos)
     return torch.ops.ivn.gather_tokens(x, idx, pos)
 
 
