@@ -64,3 +64,5 @@ def test_cli_probes_a_checkpoint_and_its_random_twin(tmp_path, capsys):
     assert "random encoder" in capsys.readouterr().out
     assert probe_main(common[:2] + ["--train-list", "synthetic:shape", "--val-list", "synthetic:speed"]) == 2
     assert "labels" in capsys.readouterr().err
+    assert probe_main(common + ["--epochs", "0"]) == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
