@@ -4,7 +4,8 @@
 
 DIR receives `encoder.safetensors` and `encoder.json` (the encoder config and the token grid
 its position table was trained at); `ivn_fast.load_encoder(DIR)` rebuilds the encoder for
-feature extraction, at any clip size. Works for Stage 1 and Stage 2 checkpoints alike.
+feature extraction, at any clip size. Works for Stage 1 and Stage 2 checkpoints alike;
+`load_encoder` also reads a released InternVideo-Next checkpoint file directly.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ivn_fast.config import EncoderConfig, from_dict
+from ivn_fast.models.convert import convert_released_encoder, read_released, released_encoder_config
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.train.checkpoint import load_checkpoint
 from ivn_fast.train.stage1 import token_grid
@@ -55,22 +57,33 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
-def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, random_init: bool = False) -> VideoEncoder:
-    """An encoder in eval mode from an exported directory or a training checkpoint (a
-    step_XXXXXXXX directory): `encoder(video).tokens` gives [B, num_cls + N, C] features for
-    video [B, 3, T, H, W] (ImageNet-normalised, H and W multiples of the patch size).
-    `random_init` keeps the shape and skips the weights: the baseline every probe is read against."""
+def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, random_init: bool = False,
+                 seed: int = 0) -> VideoEncoder:
+    """An encoder in eval mode from an exported directory, a training checkpoint (a
+    step_XXXXXXXX directory) or a released InternVideo-Next file (.pth, .pt, .bin or
+    .safetensors, through the key converter): `encoder(video).tokens` gives [B, num_cls + N, C]
+    features for video [B, 3, T, H, W] (ImageNet-normalised, H and W multiples of the patch size).
+    `random_init` keeps the shape and draws the weights from `seed` instead: the baseline every
+    probe is read against."""
     path = Path(path)
-    if (path / CONFIG).is_file():
+    if path.is_file():
+        weights, _ = convert_released_encoder(read_released(path))
+        cfg, grid = released_encoder_config(weights)
+    elif (path / CONFIG).is_file():
         if not (path / WEIGHTS).is_file():
             raise FileNotFoundError(f"{path} holds {CONFIG} but no {WEIGHTS}")
         meta = json.loads((path / CONFIG).read_text())
         weights = None if random_init else load_file(str(path / WEIGHTS))
+        cfg, grid = EncoderConfig(**meta["encoder"]), tuple(meta["grid"])
     elif (path / "state.pt").is_file():
         weights, meta = _checkpoint_encoder(path)
+        cfg, grid = EncoderConfig(**meta["encoder"]), tuple(meta["grid"])
     else:
-        raise FileNotFoundError(f"{path} holds neither an exported encoder ({CONFIG}) nor a checkpoint (state.pt)")
-    encoder = VideoEncoder(EncoderConfig(**meta["encoder"]), tuple(meta["grid"]))
+        raise FileNotFoundError(f"{path} is neither a released checkpoint file, an exported encoder ({CONFIG}) "
+                                "nor a checkpoint (state.pt)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = VideoEncoder(cfg, grid)
     if not random_init:
         encoder.load_state_dict(weights)
     return encoder.to(device).eval()

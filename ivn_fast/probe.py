@@ -1,28 +1,47 @@
 """Probe a frozen encoder on a labelled task: the number pretraining is judged by.
 
-    python -m ivn_fast.probe --checkpoint runs/tiny/checkpoints/step_00000300 \\
-        --train-list synthetic:shape --val-list synthetic:shape [--head attentive|linear] [--json OUT]
+    python -m ivn_fast.probe --checkpoint CKPT --train-list synthetic:shape --val-list synthetic:shape \\
+        [--head attentive|linear] [--epochs N] [--segments S --crops C] [--cache-dir DIR] [--json OUT]
 
-The encoder (a training checkpoint of either stage, or a directory written by
-`python -m ivn_fast.export`) stays frozen: its tokens are computed once per clip and cached,
-then a probe head is trained on them with AdamW and a cosine schedule. `--random-init` probes an
-encoder of the same shape with random weights, the baseline every result is read against.
+The encoder (a training checkpoint of either stage, a directory written by
+`python -m ivn_fast.export`, or a released InternVideo-Next checkpoint file) stays frozen: its
+tokens are computed once per view and kept, then a probe head is trained on them with AdamW and
+a cosine schedule. `--random-init` probes an encoder of the same shape with random weights, the
+baseline every result is read against.
+
+Multi-view testing: each validation clip is seen as segments x crops views and the probe's
+softmax is averaged over them (the reported top-1 / top-5; `view_top1` is the mean single-view
+accuracy); training takes one view per clip, drawn at random, as a training-time crop would.
+
 Tasks on the built-in synthetic set: `synthetic:shape` (appearance), `synthetic:direction`
 (dynamics) and `synthetic:speed`, optionally with a clip count (`synthetic:direction:1440`);
-train and validation clips come from different seeds.
+train and validation clips come from different seeds. For several views a synthetic clip is
+rendered `segments` times longer and, with several crops, 1.25 times wider, then cut into
+consecutive windows of the probe's frame count and evenly spaced crops (left to right) of its
+frame size, so the views differ the way a long real video's do: in time, and in what the frame
+cuts off.
+
+`--head linear` reads mean-pooled tokens; `--cache-dir DIR` keeps those on disk, keyed by the
+encoder's weights and the data, so later probes of the same encoder skip the encoder.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
 
 from ivn_fast.data.synthetic import LABELS, SyntheticVideos
 from ivn_fast.models.encoder import VideoEncoder
@@ -30,6 +49,9 @@ from ivn_fast.models.probe import PROBE_KINDS, build_probe
 
 SEEDS = {"train": 1_000, "val": 2_000}
 DEFAULT_CLIPS = {"train": 720, "val": 288}
+CROP_CANVAS = 1.25  # rendered frame side / view side when a clip is cut into several crops
+
+Features = tuple[torch.Tensor, dict[str, torch.Tensor]]  # tokens [N, V, S, C], labels per key [N]
 
 
 def parse_task(spec: str, split: str) -> tuple[str, int]:
@@ -44,40 +66,123 @@ def parse_task(spec: str, split: str) -> tuple[str, int]:
     return parts[1], clips
 
 
+class SyntheticViews(Dataset):
+    """Synthetic clips as segments x crops views of `num_frames` frames of `size` pixels:
+    items hold video [V, 3, T, H, W] and every label. With one segment and one crop a view is
+    exactly the SyntheticVideos clip. `train` keeps one view per clip, drawn from (seed, index)."""
+
+    def __init__(self, num_videos: int, num_frames: int, size: int, *, seed: int, segments: int = 1,
+                 crops: int = 1, train: bool = False):
+        if segments < 1 or crops < 1:
+            raise ValueError(f"segments and crops must be >= 1, got {segments} and {crops}")
+        canvas = size if crops == 1 else round(size * CROP_CANVAS)
+        self.clips = SyntheticVideos(num_videos, num_frames * segments, canvas, seed=seed)
+        self.num_frames, self.size, self.seed, self.train = num_frames, size, seed, train
+        self.windows = [(s * num_frames, (canvas - size) // 2, round(c * (canvas - size) / max(crops - 1, 1)))
+                        for s in range(segments) for c in range(crops)]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        item = self.clips[index]
+        windows = self.windows
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            windows = [windows[int(torch.randint(len(windows), (), generator=g))]]
+        t, s = self.num_frames, self.size
+        video = torch.stack([item["video"][:, t0:t0 + t, y:y + s, x:x + s] for t0, y, x in windows])
+        return {"video": video, **{k: item[k] for k in LABELS}}
+
+
 @torch.no_grad()
-def encode(encoder: VideoEncoder, data: SyntheticVideos, label: str, batch: int,
-           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen tokens [N, S, C] (CPU, float32) and labels [N] for every clip of `data`."""
-    tokens, labels = [], []
-    for start in range(0, len(data), batch):
-        items = [data[i] for i in range(start, min(start + batch, len(data)))]
-        video = torch.stack([it["video"] for it in items]).to(device)
-        tokens.append(encoder(video).tokens.float().cpu())
-        labels.append(torch.tensor([it[label] for it in items]))
-    return torch.cat(tokens), torch.cat(labels)
+def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batch: int, device: torch.device, *,
+           pool: bool = False, workers: int = 0) -> Features:
+    """Frozen tokens [N, V, S, C] (CPU, float32) of every view of every clip, and the labels. An
+    item's video is [V, 3, T, H, W] (or one view, [3, T, H, W]); `pool` keeps only the mean over
+    tokens (S = 1), all a linear probe reads."""
+    tokens, labels = [], {k: [] for k in label_keys}
+    for items in DataLoader(data, batch_size=batch, num_workers=workers):
+        video = items["video"] if items["video"].dim() == 6 else items["video"][:, None]
+        out = encoder(video.flatten(0, 1).to(device)).tokens.float()
+        out = out.mean(1, keepdim=True) if pool else out
+        tokens.append(out.cpu().unflatten(0, video.shape[:2]))
+        for k in label_keys:
+            labels[k].append(torch.as_tensor(items[k]))
+    return torch.cat(tokens), {k: torch.cat(v) for k, v in labels.items()}
 
 
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    k = min(k, logits.shape[-1])
-    return (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).float().mean().item()
+def encoder_digest(encoder: VideoEncoder) -> str:
+    """sha256 of the encoder's config and weights: a feature cache entry is valid for exactly these."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(encoder.cfg), sort_keys=True).encode())
+    for key, value in encoder.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_encode(cache_dir: Path, spec: dict, encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str],
+                  batch: int, device: torch.device, *, workers: int = 0) -> tuple[Features, bool]:
+    """Mean-pooled features from cache_dir when this encoder has seen this data (`spec` names
+    it), else encoded and stored (safetensors, written atomically); and whether it was a hit."""
+    key = hashlib.sha256(json.dumps({"encoder": encoder_digest(encoder), **spec}, sort_keys=True).encode())
+    path = Path(cache_dir) / f"{key.hexdigest()[:32]}.safetensors"
+    if path.is_file():
+        stored = load_file(str(path))
+        return (stored["tokens"], {k: stored[f"label.{k}"] for k in label_keys}), True
+    tokens, labels = encode(encoder, data, label_keys, batch, device, pool=True, workers=workers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{path.name}_{os.getpid()}")
+    save_file({"tokens": tokens.contiguous(), **{f"label.{k}": v for k, v in labels.items()}}, str(tmp),
+              metadata={"spec": json.dumps(spec, sort_keys=True)})
+    os.replace(tmp, path)
+    return (tokens, labels), False
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, scores.shape[-1])
+    return (scores.topk(k, dim=-1).indices == labels[:, None]).any(-1).float().mean().item()
+
+
+@torch.no_grad()
+def predict(probe: torch.nn.Module, tokens: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """Class probabilities [N, V, K] of every view of tokens [N, V, S, C]."""
+    probe.eval()
+    n, v = tokens.shape[:2]
+    probs = [probe(tokens[i:i + batch].flatten(0, 1).to(device)).float().softmax(-1).cpu()
+             for i in range(0, n, batch)]
+    return torch.cat(probs).view(n, v, -1)
+
+
+def evaluate(probe: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch: int,
+             device: torch.device) -> dict[str, float]:
+    """Top-1 / top-5 of the softmax averaged over each clip's views, and the mean single-view top-1."""
+    tokens, labels = data
+    probs = predict(probe, tokens, batch, device)
+    clip = probs.mean(1)
+    return {"top1": topk_accuracy(clip, labels, 1), "top5": topk_accuracy(clip, labels, 5),
+            "view_top1": (probs.argmax(-1) == labels[:, None]).float().mean().item()}
 
 
 def train_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
                 head: str, num_classes: int, num_heads: int, epochs: int, batch: int, lr: float,
                 weight_decay: float, seed: int, device: torch.device) -> dict:
-    """Train a probe on cached tokens; the per-epoch validation top-1 is the probe curve."""
+    """Train a probe on kept tokens [N, V, S, C] (every training view is a sample); the
+    per-epoch validation top-1 is the probe curve."""
     torch.manual_seed(seed)
     x_train, y_train = train
+    views = x_train.shape[1]
+    x_flat, y_flat = x_train.flatten(0, 1), y_train.repeat_interleave(views)
     probe = build_probe(head, x_train.shape[-1], num_classes, num_heads).to(device)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(x_train) / batch)
+    steps = epochs * math.ceil(len(x_flat) / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     g = torch.Generator().manual_seed(seed)
     curve, scores = [], {}
     for _ in range(epochs):
         probe.train()
-        for idx in torch.randperm(len(x_train), generator=g).split(batch):
-            loss = F.cross_entropy(probe(x_train[idx].to(device)), y_train[idx].to(device))
+        for idx in torch.randperm(len(x_flat), generator=g).split(batch):
+            loss = F.cross_entropy(probe(x_flat[idx].to(device)), y_flat[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -87,34 +192,41 @@ def train_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tenso
     return {"curve": curve, **scores, "train_top1": evaluate(probe, train, batch, device)["top1"]}
 
 
-@torch.no_grad()
-def evaluate(probe: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch: int,
-             device: torch.device) -> dict[str, float]:
-    probe.eval()
-    x, y = data
-    logits = torch.cat([probe(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
-    return {"top1": topk_accuracy(logits, y, 1), "top5": topk_accuracy(logits, y, 5)}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ivn_fast.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (step_XXXXXXXX) or exported encoder")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training checkpoint (step_XXXXXXXX), exported encoder, or released checkpoint file")
     parser.add_argument("--train-list", required=True, help="training task, e.g. synthetic:shape")
     parser.add_argument("--val-list", required=True, help="validation task with the same label, e.g. synthetic:shape")
     parser.add_argument("--head", default="attentive", choices=PROBE_KINDS,
                         help="attentive (V-JEPA's) or linear on mean-pooled tokens")
-    parser.add_argument("--random-init", action="store_true", help="probe a random encoder of the same shape")
+    parser.add_argument("--random-init", action="store_true",
+                        help="probe a random encoder of the same shape (weights drawn from --seed)")
     parser.add_argument("--epochs", type=int, default=20, help="probe training epochs")
     parser.add_argument("--batch", type=int, default=32, help="clips per probe step (and per encoding batch)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate of the probe")
     parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay of the probe")
     parser.add_argument("--heads", type=int, default=0, help="attention heads of the attentive probe "
                                                              "(0: the encoder's)")
+    parser.add_argument("--segments", type=int, default=1, help="temporal segments per clip at test time")
+    parser.add_argument("--crops", type=int, default=1, help="spatial crops per segment at test time")
+    parser.add_argument("--frames", type=int, default=0, help="frames per view (0: the encoder's training clip)")
+    parser.add_argument("--size", type=int, default=0, help="view side in pixels (0: the encoder's training clip)")
+    parser.add_argument("--cache-dir", type=Path, help="keep the linear probe's pooled features here")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that prepare clips")
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe's initialisation and data order")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
     return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("epochs", "batch", "segments", "crops"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.cache_dir and args.head != "linear":
+        raise ValueError("--cache-dir keeps mean-pooled features, which only --head linear reads")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,31 +234,46 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+        _check_args(args)
         label, n_train = parse_task(args.train_list, "train")
         val_label, n_val = parse_task(args.val_list, "val")
         if val_label != label:
             raise ValueError(f"--train-list labels {label!r} but --val-list labels {val_label!r}")
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if args.device == "auto" else args.device))
-        encoder = load_encoder(args.checkpoint, device, random_init=args.random_init)
+        encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+        frames = args.frames or encoder.grid[0]
+        size = args.size or encoder.grid[1] * encoder.cfg.patch_size
+        if size % encoder.cfg.patch_size:
+            raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
     except (ValueError, FileNotFoundError) as e:
         print(f"ivn_fast.probe: error: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    t, h, w = encoder.grid
-    size = h * encoder.cfg.patch_size
-    data = {split: SyntheticVideos(n, t, size, seed=SEEDS[split]) for split, n in (("train", n_train), ("val", n_val))}
-    cached = {split: encode(encoder, ds, label, args.batch, device) for split, ds in data.items()}
-    result = train_probe(cached["train"], cached["val"], head=args.head, num_classes=len(LABELS[label]),
+    views = {"segments": args.segments, "crops": args.crops}
+    features, cached = {}, {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        data = SyntheticViews(n, frames, size, seed=SEEDS[split], train=split == "train", **views)
+        if args.cache_dir:
+            spec = {"data": "synthetic", "split": split, "clips": n, "seed": SEEDS[split], "frames": frames,
+                    "size": size, "train_views": split == "train", **views}
+            (tokens, labels), cached[split] = cached_encode(args.cache_dir, spec, encoder, data, LABELS, args.batch,
+                                                            device, workers=args.workers)
+        else:
+            tokens, labels = encode(encoder, data, LABELS, args.batch, device, pool=args.head == "linear",
+                                    workers=args.workers)
+        features[split] = (tokens, labels[label])
+    result = train_probe(features["train"], features["val"], head=args.head, num_classes=len(LABELS[label]),
                          num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
                          lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
     record = {"task": label, **result, "seconds": round(time.perf_counter() - start, 1),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "clips": {"train": n_train, "val": n_val}, "frames": t, "size": size}
-    print(f"{label} probe ({args.head}{', random encoder' if args.random_init else ''}): top-1 {record['top1']:.3f}, "
-          f"top-5 {record['top5']:.3f} (train top-1 {record['train_top1']:.3f}) in {record['seconds']} s")
+              "clips": {"train": n_train, "val": n_val}, "frames": frames, "size": size, "views": views,
+              "cached": cached}
+    views_note = f", {args.segments}x{args.crops} views" if args.segments * args.crops > 1 else ""
+    print(f"{label} probe ({args.head}{', random encoder' if args.random_init else ''}{views_note}): "
+          f"top-1 {record['top1']:.3f}, top-5 {record['top5']:.3f} (single view {record['view_top1']:.3f}, "
+          f"train top-1 {record['train_top1']:.3f}) in {record['seconds']} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")

@@ -16,9 +16,14 @@ TINY = ["--train.progress", "false", "--train.tensorboard", "false", "--data.num
         "--model.teacher.num_layers", "2", "--model.decoder.sampling_steps", "3", "--max-steps", "2"]
 
 
-def test_export_round_trips_the_features(tmp_path):
-    assert pretrain_main(TINY + ["--output_dir", str(tmp_path / "run")]) == 0
-    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export_run")
+    assert pretrain_main(TINY + ["--output_dir", str(out / "run")]) == 0
+    return latest_checkpoint(out / "run" / "checkpoints")
+
+
+def test_export_round_trips_the_features(ckpt, tmp_path):
     assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "enc")]) == 0
     state = load_checkpoint(ckpt)
     cfg = from_dict(state["config"])
@@ -34,5 +39,13 @@ def test_export_round_trips_the_features(tmp_path):
 def test_missing_checkpoint_and_export_give_clear_errors(tmp_path, capsys):
     assert export_main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "enc")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="neither an exported encoder"):
+    with pytest.raises(FileNotFoundError, match="neither a released checkpoint file, an exported encoder"):
         ivn_fast.load_encoder(tmp_path)
+
+
+def test_random_init_is_drawn_from_the_seed(ckpt):
+    a, b, c = (ivn_fast.load_encoder(ckpt, random_init=True, seed=s) for s in (0, 0, 1))
+    trained = ivn_fast.load_encoder(ckpt)
+    assert torch.equal(a.blocks[0].attn.qkv.weight, b.blocks[0].attn.qkv.weight)
+    assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
+    assert not torch.equal(a.blocks[0].attn.qkv.weight, trained.blocks[0].attn.qkv.weight)

@@ -1,24 +1,26 @@
-"""Probes: they learn a separable task from fixed features, and the CLI runs end to end."""
+"""Probes: they learn a separable task from fixed features, average views, and the CLI runs end to end."""
 
 import json
 
 import pytest
 import torch
+from torch import nn
 
+from ivn_fast.data.synthetic import SyntheticVideos
 from ivn_fast.models.probe import AttentiveProbe, LinearProbe, build_probe
 from ivn_fast.pretrain import main as pretrain_main
+from ivn_fast.probe import SyntheticViews, evaluate, parse_task, topk_accuracy, train_probe
 from ivn_fast.probe import main as probe_main
-from ivn_fast.probe import parse_task, topk_accuracy, train_probe
 
 
 def _separable(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens [n, 10, 16] of noise where one random token per clip carries its class direction."""
+    """Tokens [n, 1 view, 10, 16] of noise where one random token per clip carries its class direction."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(classes, (n,), generator=g)
     tokens = 0.5 * torch.randn(n, 10, 16, generator=g)
     where = torch.randint(10, (n,), generator=g)
     tokens[torch.arange(n), where] += 8 * torch.eye(16)[labels]
-    return tokens, labels
+    return tokens[:, None], labels
 
 
 @pytest.mark.parametrize("head", ["attentive", "linear"])
@@ -27,6 +29,51 @@ def test_probe_learns_a_separable_task(head):
                          epochs=25, batch=32, lr=1e-2, weight_decay=0.0, seed=0, device=torch.device("cpu"))
     assert result["top1"] > 0.95, result
     assert len(result["curve"]) == 25 and result["curve"][-1] == result["top1"]
+
+
+class _TokenMeanLogits(nn.Module):
+    """A fixed 'probe' whose logits are the mean token: the test writes each view's logits directly."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(1)
+
+
+def test_views_are_averaged_as_probabilities():
+    # per clip: one view confidently wrong (class 0), two mildly right (class 1). Averaging
+    # softmax gets every clip right; averaging logits would not ([3.3, 1.3, 0] favours class 0).
+    views = torch.tensor([[10.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0]])
+    tokens = views[None, :, None, :].expand(4, 3, 2, 3)  # [N, V, S, K]
+    scores = evaluate(_TokenMeanLogits(), (tokens, torch.ones(4, dtype=torch.long)), 3, torch.device("cpu"))
+    assert scores["top1"] == 1.0 and scores["view_top1"] == pytest.approx(2 / 3) and scores["top5"] == 1.0
+    assert views.mean(0).argmax() == 0
+
+
+def test_multi_view_training_uses_every_view_and_helps_on_noisy_views():
+    # each view shows the class through noise; one view is often wrong, the average of five rarely
+    g = torch.Generator().manual_seed(0)
+    def noisy(n):
+        labels = torch.randint(4, (n,), generator=g)
+        tokens = torch.randn(n, 5, 3, 8, generator=g) * 2.0
+        tokens[..., :4] += torch.eye(4)[labels][:, None, None]
+        return tokens, labels
+    result = train_probe(noisy(300), noisy(200), head="linear", num_classes=4, num_heads=1, epochs=10, batch=32,
+                         lr=1e-2, weight_decay=0.0, seed=0, device=torch.device("cpu"))
+    assert result["top1"] > result["view_top1"] + 0.1, result
+
+
+def test_synthetic_views_are_windows_and_crops_of_one_longer_wider_clip():
+    views = SyntheticViews(3, 4, 28, seed=5, segments=2, crops=3)
+    item = views[1]
+    full = SyntheticVideos(3, 8, 35, seed=5)[1]
+    assert item["video"].shape == (6, 3, 4, 28, 28)
+    assert torch.equal(item["video"][5], full["video"][:, 4:8, 3:31, 7:35])  # 2nd segment, right crop
+    assert torch.equal(item["video"][0], full["video"][:, 0:4, 3:31, 0:28])
+    assert item["shape"] == full["shape"] and item["direction"] == full["direction"]
+    single = SyntheticViews(3, 4, 28, seed=5)[1]["video"]
+    assert torch.equal(single[0], SyntheticVideos(3, 4, 28, seed=5)[1]["video"])
+    train = SyntheticViews(3, 4, 28, seed=5, segments=2, crops=3, train=True)[1]["video"]
+    assert train.shape == (1, 3, 4, 28, 28) and any(torch.equal(train[0], v) for v in item["video"])
+    assert torch.equal(train, SyntheticViews(3, 4, 28, seed=5, segments=2, crops=3, train=True)[1]["video"])
 
 
 def test_probe_heads_shapes_and_topk():
@@ -47,14 +94,19 @@ def test_task_specs():
             parse_task(bad, "train")
 
 
-def test_cli_probes_a_checkpoint_and_its_random_twin(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe_run")
     tiny = ["--train.progress", "false", "--train.tensorboard", "false", "--data.num_workers", "0",
             "--data.synthetic_videos", "16", "--train.batch_size", "4", "--model.encoder.depth", "2",
             "--model.teacher.num_layers", "2", "--data.num_frames", "4", "--max-steps", "2",
-            "--output_dir", str(tmp_path / "run")]
+            "--model.decoder.sampling_steps", "2", "--output_dir", str(out / "run")]
     assert pretrain_main(tiny) == 0
-    ckpt = tmp_path / "run" / "checkpoints" / "step_00000002"
-    common = ["--checkpoint", str(ckpt), "--train-list", "synthetic:direction:16", "--val-list",
+    return out / "run" / "checkpoints" / "step_00000002"
+
+
+def test_cli_probes_a_checkpoint_and_its_random_twin(checkpoint, tmp_path, capsys):
+    common = ["--checkpoint", str(checkpoint), "--train-list", "synthetic:direction:16", "--val-list",
               "synthetic:direction:8", "--epochs", "2", "--batch", "8"]
     assert probe_main(common + ["--json", str(tmp_path / "probe.json")]) == 0
     record = json.loads((tmp_path / "probe.json").read_text())
@@ -66,3 +118,20 @@ def test_cli_probes_a_checkpoint_and_its_random_twin(tmp_path, capsys):
     assert "labels" in capsys.readouterr().err
     assert probe_main(common + ["--epochs", "0"]) == 2
     assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert probe_main(common + ["--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "only --head linear" in capsys.readouterr().err
+
+
+def test_cli_multi_view_linear_probe_caches_features(checkpoint, tmp_path):
+    args = ["--checkpoint", str(checkpoint), "--train-list", "synthetic:shape:16", "--val-list", "synthetic:shape:8",
+            "--epochs", "2", "--batch", "8", "--head", "linear", "--segments", "2", "--crops", "2",
+            "--cache-dir", str(tmp_path / "cache")]
+    records = []
+    for i in range(2):
+        assert probe_main(args + ["--json", str(tmp_path / f"{i}.json")]) == 0
+        records.append(json.loads((tmp_path / f"{i}.json").read_text()))
+    assert records[0]["cached"] == {"train": False, "val": False}
+    assert records[1]["cached"] == {"train": True, "val": True}
+    assert records[0]["views"] == {"segments": 2, "crops": 2}
+    assert records[0]["top1"] == records[1]["top1"] and records[0]["curve"] == records[1]["curve"]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
