@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ivn_fast.data.lists import ListError, parse_spec
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -131,11 +133,31 @@ class Stage2Config:
 
 @dataclass
 class DataConfig:
-    source: str = _f("synthetic", "training data", ("synthetic",))
+    source: str = _f("synthetic", "training data: the built-in synthetic set, or the videos of data.train_list (a "
+                                  "non-empty train_list selects list)", ("synthetic", "list"))
     num_frames: int = _f(16, "frames per clip")
     size: int = _f(224, "frame height and width in pixels (multiple of the patch size)")
     synthetic_videos: int = _f(4096, "clips in the built-in synthetic set")
     num_workers: int = _f(2, "DataLoader worker processes")
+    train_list: str = _f("", "video lists to train on, comma-separated: list files ('path label', or 'source path "
+                             "total_time start end label') or directories to scan, each optionally LIST:WEIGHT "
+                             "(repeat factor); a path listed twice is kept once")
+    root: str = _f("", "prefix joined onto relative paths in the list files")
+    num_classes: int = _f(0, "labels must lie in [0, num_classes) (0: any label >= 0); -1 marks a clip with no label")
+    sampling: str = _f("sparse", "frames of a clip: one per equal segment of the video (sparse), or num_frames "
+                                 "frames data.stride apart (dense)", ("sparse", "dense"))
+    stride: int = _f(4, "frame step of dense sampling")
+    min_frames: int = _f(4, "videos with fewer frames (in their trimmed window) are skipped as too_short; shorter "
+                            "than num_frames but long enough, they are padded by repeating frames")
+    flip: bool = _f(True, "mirror training clips half the time (never those of data.no_flip_sources)")
+    no_flip_sources: str = _f("ssv2,sth", "comma-separated source names whose clips are never mirrored (a source "
+                                          "matches when it contains one, case-insensitively): left and right "
+                                          "carry meaning there")
+    decoder: str = _f("auto", "video decoder: NVIDIA DALI on the GPU, PyAV in DataLoader workers on the CPU "
+                              "(auto: DALI when a GPU and DALI are present)", ("auto", "pyav", "dali"))
+    decode_threads: int = _f(1, "FFmpeg decoding threads per DataLoader worker (PyAV)")
+    max_bad_fraction: float = _f(0.01, "stop the run when more than this share of the sampled videos could not "
+                                       "be read (judged after 256 samples); bad ones are replaced until then")
 
 
 @dataclass
@@ -357,10 +379,17 @@ def build_config(preset: str = DEFAULT_PRESET, *trees: dict) -> Config:
     for tree in (PRESETS[preset][1], *trees):
         _merge(probe, tree)
     if probe.train.stage != 2:
-        return probe
+        return _select_source(probe)
     cfg = Config()
     for tree in (PRESETS[preset][1], STAGE2_PRESETS[preset], *trees):
         _merge(cfg, tree)
+    return _select_source(cfg)
+
+
+def _select_source(cfg: Config) -> Config:
+    """A non-empty data.train_list means training on it, without also naming data.source."""
+    if cfg.data.train_list:
+        cfg.data.source = "list"
     return cfg
 
 
@@ -423,6 +452,7 @@ def validate(cfg: Config, *, check_paths: bool = True) -> None:
     for name, value in nonneg.items():
         _check(value >= 0, name, "must be >= 0", value)
     _check(0.0 <= m.ratio < 1.0, "mask.ratio", "must be in [0, 1)", m.ratio)
+    _validate_data(d, check_paths)
     _check(0.0 <= e.drop_path < 1.0, "model.encoder.drop_path", "must be in [0, 1)", e.drop_path)
     _check(e.embed_dim % e.num_heads == 0, "model.encoder.embed_dim", f"must be divisible by num_heads={e.num_heads}",
            e.embed_dim)
@@ -456,6 +486,22 @@ def validate(cfg: Config, *, check_paths: bool = True) -> None:
         p = cfg.model.predictor
         if p.kind == "modernbert" and ((t.stage == 1 and p.init) or p.path):
             _check_dir(p.path, "model.predictor.path", "config.json")
+
+
+def _validate_data(d: DataConfig, check_paths: bool) -> None:
+    for name, value in (("data.stride", d.stride), ("data.min_frames", d.min_frames),
+                        ("data.decode_threads", d.decode_threads)):
+        _check(value > 0, name, "must be > 0", value)
+    _check(d.num_classes >= 0, "data.num_classes", "must be >= 0", d.num_classes)
+    _check(0.0 <= d.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]", d.max_bad_fraction)
+    _check(d.source != "list" or bool(d.train_list), "data.source", "list needs data.train_list", d.source)
+    if check_paths and d.source == "list":
+        try:
+            specs = parse_spec(d.train_list)
+        except ListError as e:
+            raise ConfigError(f"data.train_list: {e}") from None
+        for path, _ in specs:
+            _check(Path(path).exists(), "data.train_list", "names a list file or directory that does not exist", path)
 
 
 def _check_dir(path: str, name: str, must_hold: str) -> None:

@@ -34,6 +34,11 @@ class _Overshoot(Exception):
     """A seek landed after the frame it aimed at (an imprecise index): read again without seeking."""
 
 
+def _why(error: Exception) -> str:
+    """An FFmpeg error's message without the file name (the skip report names the file)."""
+    return getattr(error, "strerror", None) or str(error)
+
+
 def _pts(packet: av.Packet) -> int | None:
     return packet.pts if packet.pts is not None else packet.dts
 
@@ -53,7 +58,7 @@ class PyAVVideo:
         try:
             self.container = av.open(path, metadata_errors="ignore")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-            raise BadVideo("unreadable", str(e)) from None
+            raise BadVideo("unreadable", _why(e)) from None
         try:
             self._init_stream(threads)
         except BadVideo:
@@ -92,7 +97,7 @@ class PyAVVideo:
             count = sum(1 for p in self.container.demux(s) if p.size)
             self.container.seek(0)
         except av.FFmpegError as e:
-            raise BadVideo("corrupt", str(e)) from None
+            raise BadVideo("corrupt", _why(e)) from None
         return count
 
     def __enter__(self) -> PyAVVideo:
@@ -116,7 +121,7 @@ class PyAVVideo:
                 self.container.seek(0)
                 frames = self._read(np.asarray(numbers), seek=False)
         except av.FFmpegError as e:
-            raise BadVideo("corrupt", str(e)) from None
+            raise BadVideo("corrupt", _why(e)) from None
         return frames
 
     def _read(self, numbers: np.ndarray, seek: bool) -> np.ndarray:

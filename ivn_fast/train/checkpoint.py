@@ -85,6 +85,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 # Config sections a resumed run must share with the run that wrote the checkpoint.
 RESUME_MUST_MATCH = ("model", "mask", "loss", "stage2", "data.source", "data.num_frames", "data.size", "data.synthetic_videos",
+                     "data.train_list", "data.root", "data.sampling", "data.stride", "data.min_frames", "data.flip",
+                     "data.no_flip_sources",
                      "train.batch_size", "train.seed", "train.stage")
 
 

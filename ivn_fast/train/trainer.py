@@ -13,8 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ivn_fast.config import Config, run_dir, to_dict
-from ivn_fast.data.loader import build_loader
-from ivn_fast.data.synthetic import SyntheticVideos
+from ivn_fast.data.build import build_train_data
 from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World, all_finite, barrier, mean_over_ranks
 from ivn_fast.train.metrics import MetricsWriter, format_line
@@ -70,15 +69,10 @@ class Trainer:
         self.skipped = 0
         if resume:
             self._resume()
-        self.dataset = SyntheticVideos(num_videos=cfg.data.synthetic_videos, num_frames=cfg.data.num_frames,
-                                       size=cfg.data.size, seed=cfg.train.seed)
-        self.loader = build_loader(
-            self.dataset, cfg.train.batch_size, rank=world.rank, world=world.size, seed=cfg.train.seed,
-            start_step=self.step, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        data = build_train_data(cfg, rank=world.rank, world=world.size, start_step=self.step, device=device)
+        self.dataset, self.loader, self.picture_batch, self.skips = (data.dataset, data.batches, data.picture_batch,
+                                                                     data.skips)
         self.metrics = MetricsWriter(self.out_dir, cfg.train.tensorboard, enabled=world.is_main)
-        self.picture_batch = next(iter(build_loader(
-            self.dataset, min(4, len(self.dataset)), rank=0, world=1, seed=cfg.train.seed + 1, start_step=0,
-            num_workers=0, pin_memory=False)))["video"]
 
     # ------------------------------------------------------------------ state
 
@@ -187,7 +181,9 @@ class Trainer:
         with profiler as profile_step:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
-                video = next(batches)["video"].to(self.device, non_blocking=True)
+                batch = next(batches)
+                self.skips.update(batch)
+                video = batch["video"].to(self.device, non_blocking=True)
                 wait_window += time.perf_counter() - t0
                 window.append(self.train_step(video))
                 profile_step()
@@ -198,7 +194,8 @@ class Trainer:
                     last = {k: sum(r[k] for r in window) / len(window) for k in window[-1]}
                     last.update(step=self.step, lr=window[-1]["lr"], skipped_steps=self.skipped,
                                 clips_per_s=len(window) * cfg.batch_size / elapsed,
-                                step_time_s=elapsed / len(window), data_wait_frac=wait_window / elapsed)
+                                step_time_s=elapsed / len(window), data_wait_frac=wait_window / elapsed,
+                                **self.skips.summary())
                     if self.device.type == "cuda":
                         last["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                     self.metrics.write(last)
