@@ -55,7 +55,7 @@ def test_loss_falls_and_frozen_target_stays_bit_identical(stage1, tmp_path):
     trainer.train()
     for k, v in trainer.task.teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert not torch.equal(trainer.raw_model.encoder.blocks[0].mlp.fc1.weight,
+    assert not torch.equal(trainer.model.encoder.blocks[0].mlp.fc1.weight,
                            stage1_encoder["blocks.0.mlp.fc1.weight"])
     losses = [r["loss"] for r in records(tmp_path / "stage2" / "metrics.jsonl")]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
@@ -71,7 +71,7 @@ def test_ema_target_moves_by_the_ema_rule(stage1, tmp_path):
     target0 = {k: v.clone() for k, v in trainer.task.teacher.encoder.named_parameters()}
     video = trainer.dataset[0]["video"].unsqueeze(0).repeat(4, 1, 1, 1, 1)
     trainer.train_step(video)
-    student = dict(trainer.raw_model.encoder.named_parameters())
+    student = dict(trainer.model.encoder.named_parameters())
     for name, p in trainer.task.teacher.encoder.named_parameters():
         expected = m * target0[name] + (1 - m) * student[name].detach()
         assert torch.allclose(p, expected, atol=1e-6), name

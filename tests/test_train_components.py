@@ -1,6 +1,8 @@
 import math
 
+import pytest
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from ivn_fast.config import OptimConfig
 from ivn_fast.data.loader import StepBatchSampler
@@ -15,22 +17,32 @@ def take(it, n):
 
 def test_sampler_epochs_are_permutations_and_resume_is_exact():
     s = StepBatchSampler(10, 4, seed=3)
-    batches = take(iter(s), 6)  # 2 batches per epoch (the last 2 clips of each epoch are dropped)
-    assert all(len(b) == 4 for b in batches)
-    for e in range(3):
-        epoch = batches[2 * e] + batches[2 * e + 1]
-        assert len(set(epoch)) == 8
-    resumed = take(iter(StepBatchSampler(10, 4, seed=3, start_step=3)), 3)
-    assert resumed == batches[3:6]
+    stream = sum(take(iter(s), 15), [])  # 60 clips: exactly 6 epochs, batches straddling epoch ends
+    for e in range(6):
+        assert sorted(stream[10 * e:10 * e + 10]) == list(range(10))
+    assert stream[:10] != stream[10:20]  # a fresh order each epoch
+    batches = take(iter(s), 6)
+    assert take(iter(StepBatchSampler(10, 4, seed=3, start_step=3)), 3) == batches[3:6]
     assert take(iter(StepBatchSampler(10, 4, seed=4)), 2) != batches[:2]
 
 
-def test_sampler_ranks_split_the_global_batch():
-    full = take(iter(StepBatchSampler(64, 8, seed=0)), 8)
-    parts = [take(iter(StepBatchSampler(64, 8, rank=r, world=2, seed=0)), 8) for r in range(2)]
-    for i in range(8):
-        assert parts[0][i] + parts[1][i] == full[i]
-        assert not set(parts[0][i]) & set(parts[1][i])
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_ranks_never_share_or_drop_a_clip_in_an_epoch(world):
+    n, global_batch, steps = 50, 12, 25  # 300 clips read: exactly 6 epochs
+    per_rank = [take(iter(StepBatchSampler(n, global_batch, rank=r, world=world, seed=1)), steps)
+                for r in range(world)]
+    full = take(iter(StepBatchSampler(n, global_batch, seed=1)), steps)
+    stream = []
+    for step in range(steps):
+        assert sum((per_rank[r][step] for r in range(world)), []) == full[step]  # same global batch
+        stream += full[step]
+    for e in range(6):
+        assert sorted(stream[n * e:n * e + n]) == list(range(n))  # every clip once per epoch
+
+
+def test_epoch_keys_carry_the_epoch_of_each_clip():
+    keys = sum(take(iter(StepBatchSampler(10, 4, seed=0, epoch_keys=True)), 5), [])
+    assert [k // 10 for k in keys] == [0] * 10 + [1] * 10
 
 
 def test_lr_schedule_shape():
@@ -51,22 +63,33 @@ def test_no_decay_groups():
     assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
 
 
+def _save(root, step, keep=2):
+    return ckpt.save_checkpoint(root, step, tensors={"model": {"w": torch.full((3, 2), float(step))}},
+                                meta={"step": step, "config": {}}, local={"rng": ckpt.rng_state()}, keep=keep)
+
+
 def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
     for step in (1, 2, 3):
-        ckpt.save_checkpoint(tmp_path, step, {"step": step}, keep=2)
+        _save(tmp_path, step)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
-    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))["step"] == 3
+    latest = ckpt.latest_checkpoint(tmp_path)
+    state = ckpt.load_checkpoint(latest)
+    assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.full((3, 2), 3.0))
+    assert ckpt.load_local(latest, 0) is not None and ckpt.load_local(latest, 1) is None
 
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    try:
-        ckpt.save_checkpoint(tmp_path, 4, {"step": 4}, keep=2)
-    except OSError:
-        pass
+    with pytest.raises(CheckpointException):  # DCP's wrapper of the OSError
+        _save(tmp_path, 4)
     # the interrupted save left no complete-looking checkpoint behind
     assert ckpt.latest_checkpoint(tmp_path).name == "step_00000003"
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        ckpt.load_checkpoint(tmp_path / "step_00000009")
 
 
 def test_rng_state_round_trip():

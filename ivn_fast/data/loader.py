@@ -1,8 +1,11 @@
 """Deterministic, resumable batching: the data order is a pure function of (seed, step).
 
-Each epoch is a fresh permutation seeded by (seed, epoch); a global batch is a contiguous
-slice of it, split evenly over ranks, and the last partial batch of an epoch is dropped. A
-resumed run at step s therefore reads exactly the batches an uninterrupted run would. With
+Each epoch is a fresh permutation seeded by (seed, epoch), and the epochs are laid end to end
+into one stream; global batch s is the slice [s * B, (s + 1) * B) of that stream, split evenly
+over ranks. Every clip is read exactly once per epoch, by exactly one rank (a batch may span the
+end of one epoch and the start of the next), whatever the number of processes. A resumed run at
+step s therefore reads exactly the batches an uninterrupted run would, on any number of
+processes. With
 epoch_keys the sampler yields index + epoch * num_samples, so a dataset can draw per-epoch
 augmentation from the key alone.
 """
@@ -27,23 +30,27 @@ class StepBatchSampler(Sampler[list[int]]):
         self.num_samples, self.global_batch = num_samples, global_batch
         self.rank, self.world, self.seed, self.start_step = rank, world, seed, start_step
         self.epoch_keys = epoch_keys
-        self.steps_per_epoch = num_samples // global_batch
+        self.steps_per_epoch = num_samples // global_batch  # whole batches; a partial one carries over
 
     def _order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.num_samples, generator=g)
 
     def __iter__(self) -> Iterator[list[int]]:
-        step = self.start_step
         per_rank = self.global_batch // self.world
-        epoch, order = -1, None
+        orders: dict[int, torch.Tensor] = {}
+        step = self.start_step
         while True:
-            e, i = divmod(step, self.steps_per_epoch)
-            if e != epoch:
-                epoch, order = e, self._order(e)
-            start = i * self.global_batch + self.rank * per_rank
-            batch = order[start:start + per_rank]
-            yield (batch + epoch * self.num_samples if self.epoch_keys else batch).tolist()
+            first = step * self.global_batch + self.rank * per_rank
+            batch = []
+            for pos in range(first, first + per_rank):
+                epoch, offset = divmod(pos, self.num_samples)
+                if epoch not in orders:
+                    orders = {e: o for e, o in orders.items() if e >= epoch - 1}
+                    orders[epoch] = self._order(epoch)
+                index = int(orders[epoch][offset])
+                batch.append(index + epoch * self.num_samples if self.epoch_keys else index)
+            yield batch
             step += 1
 
     def __len__(self) -> int:

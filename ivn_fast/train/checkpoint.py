@@ -1,21 +1,42 @@
 """Atomic checkpoints: everything needed to continue a run exactly where it stopped.
 
-A checkpoint is a directory ``step_XXXXXXXX`` written under a temporary name and renamed
-into place, so a crash mid-save never leaves a half-written checkpoint that looks complete.
+A checkpoint is a directory ``step_XXXXXXXX``: model and optimiser state as a
+torch.distributed.checkpoint (each process writes its shards; any number of processes can read
+it back), ``local_rankNNNNN.pt`` per process (random streams) and ``state.pt`` (step, config,
+data position). It is written under a temporary name and renamed into place, so a crash mid-save
+never leaves a half-written checkpoint that looks complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from ivn_fast.train.distributed import barrier
+
+
+@contextlib.contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """DCP warns on every single-process save and load; here that use is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
 
 PREFIX = "step_"
+LOCAL_PREFIX = "local_rank"
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,32 +76,86 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(root: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write state to root/step_XXXXXXXX atomically, then prune to the newest `keep`."""
+def save_checkpoint(root: Path, step: int, *, tensors: dict[str, Any], meta: dict[str, Any],
+                    local: dict[str, Any], keep: int, rank: int = 0) -> Path:
+    """Write root/step_XXXXXXXX atomically from every process, then prune to the newest `keep`.
+
+    `tensors` (model and optimiser state, sharded or not) go through torch.distributed.checkpoint,
+    each process writing its own shards, so a checkpoint loads on any number of processes. `meta`
+    (rank 0's step, config, data position) lands in state.pt, written last: a directory without it
+    is incomplete. `local` (random streams) is per process. Everything is written under a
+    temporary name and renamed into place once every process has finished.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(root, step)
-    tmp = root / f".tmp_{final.name}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    with open(tmp / "state.pt", "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = root / f".tmp_{final.name}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    with _quiet_single_process():
+        dcp.save(tensors, checkpoint_id=tmp, no_dist=not dist.is_initialized())
+    _save_file(local, tmp / f"{LOCAL_PREFIX}{rank:05d}.pt")
+    barrier()
+    if rank == 0:
+        _save_file(meta, tmp / "state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def _save_file(obj: Any, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _dir(path: Path) -> Path:
     path = Path(path)
-    file = path / "state.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(file, map_location="cpu", weights_only=False)
+    if not (path / "state.pt").is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (a step_XXXXXXXX directory holding state.pt)")
+    return path
+
+
+def load_meta(path: Path) -> dict[str, Any]:
+    """rank 0's step, config, data position and skip count."""
+    return torch.load(_dir(path) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def load_local(path: Path, rank: int) -> dict[str, Any] | None:
+    """This process's random streams, or None when the writing run had fewer processes."""
+    file = _dir(path) / f"{LOCAL_PREFIX}{rank:05d}.pt"
+    return torch.load(file, map_location="cpu", weights_only=False) if file.is_file() else None
+
+
+def load_tensors_into(path: Path, tensors: dict[str, Any]) -> None:
+    """Fill a state dict shaped like the one saved (sharded for this run's processes) in place."""
+    with _quiet_single_process():
+        dcp.load(tensors, checkpoint_id=_dir(path), no_dist=not dist.is_initialized())
+
+
+def load_full(path: Path, section: str) -> dict[str, torch.Tensor]:
+    """Every tensor of one saved section (e.g. "model") unsharded, on the CPU, read by this process
+    alone: for loading weights into another model (Stage 2, export, probes)."""
+    path = _dir(path)
+    reader = dcp.FileSystemReader(path)
+    prefix = section + "."
+    out = {key: torch.empty(m.size, dtype=m.properties.dtype)
+           for key, m in reader.read_metadata().state_dict_metadata.items()
+           if key.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+    with _quiet_single_process():
+        dcp.load(out, storage_reader=reader, no_dist=True)
+    return {key[len(prefix):]: value for key, value in out.items()}
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The saved metadata plus the model's full weights under "model"."""
+    return {**load_meta(path), "model": load_full(path, "model")}
 
 
 # Config sections a resumed run must share with the run that wrote the checkpoint.

@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
+import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
 
 
@@ -44,3 +46,38 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
         block.compile(backend=backend)
         count += 1
     return count
+
+
+def _fp32_subtrees(model: nn.Module) -> list[nn.Module]:
+    """Networks that must keep float32 weights under bf16 training (the diffusion head's, by choice)."""
+    from ivn_fast.models.decoders import DiffusionDecoder
+
+    return [m.net for m in model.modules() if isinstance(m, DiffusionDecoder) and m.fp32]
+
+
+def shard_model(model: nn.Module, param_dtype: torch.dtype | None, *, forward_only: bool = False) -> int:
+    """FSDP2 in place: `fully_shard` every repeated block, then the float32 subtrees, then the root.
+
+    Parameters are sharded over all processes; each block's are gathered just before it runs and
+    freed after. `param_dtype` (bf16 on GPU) is the dtype blocks compute in, gradients are
+    reduced in float32, and the diffusion head keeps float32 throughout when asked to. Returns
+    how many units were sharded. The root stays gathered between forward and backward, unless the
+    model only ever runs forward (an EMA target), whose weights must be back in shards for the update.
+    """
+    mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    fp32 = _fp32_subtrees(model)
+    in_fp32 = {id(m) for tree in fp32 for m in tree.modules()}
+    count = 0
+    for block in repeated_blocks(model):
+        fully_shard(block, mp_policy=full if id(block) in in_fp32 else mixed)
+        count += 1
+    for tree in fp32:
+        fully_shard(tree, mp_policy=full)
+        count += 1
+    fully_shard(model, mp_policy=mixed, reshard_after_forward=True if forward_only else None)
+    return count + 1
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)

@@ -30,6 +30,7 @@ class Stage1Task:
     """Owns the frozen teacher and the mask generator; the student is passed in (it may be wrapped)."""
 
     picture_name = "recon.png"
+    ema_target = None  # the teacher never learns
 
     def __init__(self, cfg: Config, device: torch.device, seed: int):
         self.cfg = cfg

@@ -139,16 +139,16 @@ class Stage2Task:
     def after_step(self, model: nn.Module) -> None:
         self.teacher.update(model.encoder)
 
+    @property
+    def ema_target(self) -> nn.Module | None:
+        """The target when it learns (by EMA): checkpointed, and sharded like the student."""
+        return self.teacher if isinstance(self.teacher, EncoderTarget) and self.teacher.momentum < 1.0 else None
+
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"mask_rng": self.mask_generator.get_state()}
-        if self.cfg.stage2.momentum < 1.0:
-            state["target"] = self.teacher.state_dict()
-        return state
+        return {"mask_rng": self.mask_generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mask_generator.set_state(state["mask_rng"])
-        if "target" in state:
-            self.teacher.load_state_dict(state["target"])
 
     @torch.no_grad()
     def reconstruct(self, model: nn.Module, video: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:

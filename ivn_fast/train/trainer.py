@@ -10,15 +10,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from ivn_fast.config import Config, run_dir, to_dict
 from ivn_fast.data.build import build_train_data
 from ivn_fast.train import checkpoint as ckpt
-from ivn_fast.train.distributed import World, all_finite, barrier, mean_over_ranks
+from ivn_fast.train.distributed import World, all_finite, mean_over_ranks
 from ivn_fast.train.metrics import MetricsWriter, format_line
 from ivn_fast.train.optim import LRSchedule, build_optimizer
-from ivn_fast.train.parallelize import checkpoint_blocks, compile_blocks
+from ivn_fast.train.parallelize import checkpoint_blocks, compile_blocks, shard_model
 from ivn_fast.train.profiling import step_profiler
 from ivn_fast.train.stage1 import Stage1Task
 from ivn_fast.train.stage2 import Stage2Task
@@ -52,18 +55,20 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         task_cls = Stage2Task if cfg.train.stage == 2 else Stage1Task
         self.task = task_cls(cfg, device, seed=cfg.train.seed * 1000 + world.rank)
-        self.raw_model = self.task.build_model().to(device)
+        self.model: nn.Module = self.task.build_model().to(device)
         if cfg.train.activation_checkpointing != "none":
             log.info("activation checkpointing (%s) on %d blocks", cfg.train.activation_checkpointing,
-                     checkpoint_blocks(self.raw_model, cfg.train.activation_checkpointing))
+                     checkpoint_blocks(self.model, cfg.train.activation_checkpointing))
         if cfg.train.compile:
-            log.info("compiled %d student and %d teacher blocks", compile_blocks(self.raw_model),
+            log.info("compiled %d student and %d teacher blocks", compile_blocks(self.model),
                      compile_blocks(self.task.teacher))
-        self.model: nn.Module = self.raw_model
         if world.size > 1:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.optimizer = build_optimizer(self.raw_model, cfg.optim, device)
+            # an EMA target follows the student shard by shard; a frozen one stays whole on every process
+            log.info("FSDP2 over %d processes: %d student units%s", world.size,
+                     shard_model(self.model, self.amp_dtype),
+                     f", {shard_model(self.task.ema_target, self.amp_dtype, forward_only=True)} EMA-target units"
+                     if self.task.ema_target is not None else "")
+        self.optimizer = build_optimizer(self.model, cfg.optim, device)
         self.schedule = LRSchedule(cfg.optim, cfg.train.max_steps, cfg.train.batch_size)
         self.step = 0
         self.skipped = 0
@@ -76,43 +81,61 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
+    def tensor_state(self) -> dict[str, Any]:
+        """Model and optimiser state, keyed by parameter name, sharded as this run is."""
+        state = {"model": get_model_state_dict(self.model),
+                 "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+        if self.task.ema_target is not None:
+            state["ema_target"] = get_model_state_dict(self.task.ema_target)
+        return state
+
+    def meta_state(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "skipped_steps": self.skipped,
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "schedule": {"step": self.step, "lr": self.schedule(self.step)},
             "data": {"next_step": self.step, "seed": self.cfg.train.seed,
                      "global_batch": self.cfg.train.batch_size},
-            "rng": ckpt.rng_state(),
-            "task": self.task.state_dict(),
+            "world_size": self.world.size,
             "config": to_dict(self.cfg),
         }
+
+    def local_state(self) -> dict[str, Any]:
+        return {"rng": ckpt.rng_state(), "task": self.task.state_dict()}
 
     def _resume(self) -> None:
         path = ckpt.latest_checkpoint(self.ckpt_root)
         if path is None:
             log.info("no checkpoint under %s: starting from step 0", self.ckpt_root)
             return
-        state = ckpt.load_checkpoint(path)
-        diff = ckpt.config_diff(state["config"], to_dict(self.cfg))
+        meta = ckpt.load_meta(path)
+        diff = ckpt.config_diff(meta["config"], to_dict(self.cfg))
         if diff:
             raise ckpt.CheckpointMismatch(
                 f"checkpoint {path} was written with a different config; differing fields: {', '.join(diff)}")
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.skipped = state["skipped_steps"]
-        ckpt.set_rng_state(state["rng"])
-        self.task.load_state_dict(state["task"])
+        tensors = self.tensor_state()
+        ckpt.load_tensors_into(path, tensors)
+        set_model_state_dict(self.model, tensors["model"])
+        set_optimizer_state_dict(self.model, self.optimizer, tensors["optimizer"])
+        if self.task.ema_target is not None:
+            set_model_state_dict(self.task.ema_target, tensors["ema_target"])
+        self.step = meta["step"]
+        self.skipped = meta["skipped_steps"]
+        local = ckpt.load_local(path, self.world.rank) if meta["world_size"] == self.world.size else None
+        if local is not None:
+            ckpt.set_rng_state(local["rng"])
+            self.task.load_state_dict(local["task"])
+        else:
+            log.warning("checkpoint written by %d process(es), resumed on %d: weights, optimiser, step and data "
+                        "order continue exactly; mask and dropout random streams restart from the seed",
+                        meta["world_size"], self.world.size)
         log.info("resumed from %s at step %d", path, self.step)
 
     def save(self) -> None:
-        if self.world.is_main:
-            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.state_dict(), self.cfg.train.keep_checkpoints)
-            log.info("saved checkpoint %s", path)
-        barrier()
+        path = ckpt.save_checkpoint(self.ckpt_root, self.step, tensors=self.tensor_state(), meta=self.meta_state(),
+                                    local=self.local_state(), keep=self.cfg.train.keep_checkpoints,
+                                    rank=self.world.rank)
+        log.info("saved checkpoint %s", path)
 
     # ------------------------------------------------------------------ steps
 
@@ -137,11 +160,13 @@ class Trainer:
         grad_norm = torch.zeros(())
         if ok:
             clip = self.cfg.optim.grad_clip or float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            if isinstance(grad_norm, DTensor):
+                grad_norm = grad_norm.full_tensor()
             ok = all_finite(grad_norm)
         if ok:
             self.optimizer.step()
-            self.task.after_step(self.raw_model)
+            self.task.after_step(self.model)
         else:
             self.skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -157,19 +182,20 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def save_picture(self) -> None:
-        if not self.world.is_main:
-            return
+        """Every process runs the same reconstruction (sharded weights are gathered collectively);
+        the first one draws it."""
         devices = [self.device] if self.device.type == "cuda" else []
-        self.raw_model.eval()
+        self.model.eval()
         with torch.random.fork_rng(devices=devices), self._autocast():
-            rows = self.task.reconstruct(self.raw_model, self.picture_batch.to(self.device))
-        self.raw_model.train()
-        path = save_clip_grid(rows, self.out_dir / self.task.picture_name)
-        log.info("wrote %s (%s)", path, " / ".join(rows))
+            rows = self.task.reconstruct(self.model, self.picture_batch.to(self.device))
+        self.model.train()
+        if self.world.is_main:
+            path = save_clip_grid(rows, self.out_dir / self.task.picture_name)
+            log.info("wrote %s (%s)", path, " / ".join(rows))
 
     def train(self) -> dict[str, float]:
         cfg = self.cfg.train
-        self.raw_model.train()
+        self.model.train()
         start_step = self.step
         window: list[dict[str, float]] = []
         t_window, wait_window = time.perf_counter(), 0.0
