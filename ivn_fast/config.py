@@ -192,6 +192,8 @@ class TrainConfig:
                                        ("none", "full", "selective"))
     compile: bool = _f(False, "torch.compile each repeated block (encoder, predictor, decoder, teacher layers) "
                               "in place; one compiled graph per block type")
+    shard_teacher: bool = _f(False, "with several processes, shard the frozen teacher's weights with FSDP2 like the "
+                                    "student's (for the 1B teacher) instead of keeping a whole copy on every process")
     profile: bool = _f(False, "record steps 4-6 with the torch profiler: a Chrome trace and the top operators in "
                               "OUTPUT_DIR/profile, the table also logged")
     log_every: int = _f(10, "steps between log lines and metric records")

@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ivn_fast.pretrain: error: {e}", file=sys.stderr)
         return 2
 
+    # a fragmented caching allocator is what runs out of memory first on varying token counts
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
 
     from ivn_fast.models.attention import set_backend

@@ -43,7 +43,7 @@ def _close(a: list[dict], b: list[dict], key: str) -> bool:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fsdp")
     one = torchrun(1, root / "one")
-    two = torchrun(2, root / "two")
+    two = torchrun(2, root / "two", "--train.shard_teacher", "true")  # same maths, teacher in 6 + 1 shards
     # resume on 1 process from the 2-process checkpoint at step 2
     resumed = root / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
@@ -53,7 +53,8 @@ def runs(tmp_path_factory):
 
 
 def test_two_processes_match_one(runs):
-    _, one, two, _ = runs
+    root, one, two, _ = runs
+    assert "FSDP2 over 2 processes: 12 student units, 7 teacher units" in (root / "two" / "train.log").read_text()
     assert [r["step"] for r in two] == [1, 2, 3, 4]
     assert _close(two, one, "loss") and _close(two, one, "grad_norm")
     assert one[-1]["loss"] < one[0]["loss"]

@@ -63,11 +63,14 @@ class Trainer:
             log.info("compiled %d student and %d teacher blocks", compile_blocks(self.model),
                      compile_blocks(self.task.teacher))
         if world.size > 1:
-            # an EMA target follows the student shard by shard; a frozen one stays whole on every process
-            log.info("FSDP2 over %d processes: %d student units%s", world.size,
-                     shard_model(self.model, self.amp_dtype),
-                     f", {shard_model(self.task.ema_target, self.amp_dtype, forward_only=True)} EMA-target units"
-                     if self.task.ema_target is not None else "")
+            # an EMA target follows the student shard by shard; a frozen teacher stays whole on every
+            # process unless asked to shard
+            units = {"student": shard_model(self.model, self.amp_dtype)}
+            extra = self.task.ema_target if self.task.ema_target is not None else (
+                self.task.teacher if cfg.train.shard_teacher else None)
+            if extra is not None:
+                units["teacher"] = shard_model(extra, self.amp_dtype, forward_only=True)
+            log.info("FSDP2 over %d processes: %s", world.size, ", ".join(f"{n} {k} units" for k, n in units.items()))
         self.optimizer = build_optimizer(self.model, cfg.optim, device)
         self.schedule = LRSchedule(cfg.optim, cfg.train.max_steps, cfg.train.batch_size)
         self.step = 0
