@@ -49,6 +49,8 @@ from ivn_fast.models.probe import PROBE_KINDS, build_probe
 
 SEEDS = {"train": 1_000, "val": 2_000}
 DEFAULT_CLIPS = {"train": 720, "val": 288}
+# V-JEPA-style probe recipe: AdamW at this peak rate and decay, cosine, batches of this many clips
+LR, WEIGHT_DECAY, BATCH, EPOCHS = 1e-3, 0.05, 32, 20
 CROP_CANVAS = 1.25  # rendered frame side / view side when a clip is cut into several crops
 
 Features = tuple[torch.Tensor, dict[str, torch.Tensor]]  # tokens [N, V, S, C], labels per key [N]
@@ -203,10 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="attentive (V-JEPA's) or linear on mean-pooled tokens")
     parser.add_argument("--random-init", action="store_true",
                         help="probe a random encoder of the same shape (weights drawn from --seed)")
-    parser.add_argument("--epochs", type=int, default=20, help="probe training epochs")
-    parser.add_argument("--batch", type=int, default=32, help="clips per probe step (and per encoding batch)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate of the probe")
-    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay of the probe")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="probe training epochs")
+    parser.add_argument("--batch", type=int, default=BATCH, help="clips per probe step (and per encoding batch)")
+    parser.add_argument("--lr", type=float, default=LR, help="peak AdamW learning rate of the probe")
+    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW weight decay of the probe")
     parser.add_argument("--heads", type=int, default=0, help="attention heads of the attentive probe "
                                                              "(0: the encoder's)")
     parser.add_argument("--segments", type=int, default=1, help="temporal segments per clip at test time")

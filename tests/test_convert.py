@@ -75,7 +75,8 @@ def diffloss_shapes(width: int = 1536, depth: int = 6, z: int = BERT, target: in
         shapes.update({b + "in_ln.weight": (width,), b + "in_ln.bias": (width,),
                        b + "mlp.0.weight": (width, width), b + "mlp.0.bias": (width,),
                        b + "mlp.2.weight": (width, width), b + "mlp.2.bias": (width,),
-                       b + "adaLN_modulation.1.weight": (3 * width, width), b + "adaLN_modulation.1.bias": (3 * width,)})
+                       b + "adaLN_modulation.1.weight": (3 * width, width),
+                       b + "adaLN_modulation.1.bias": (3 * width,)})
     return shapes
 
 
