@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ivn_fast.data.lists import ListError, parse_spec
+from ivn_fast.data.lists import ListError, parse_spec, read_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -499,11 +499,13 @@ def _validate_data(d: DataConfig, check_paths: bool) -> None:
     _check(d.source != "list" or bool(d.train_list), "data.source", "list needs data.train_list", d.source)
     if check_paths and d.source == "list":
         try:
-            specs = parse_spec(d.train_list)
+            for path, _ in parse_spec(d.train_list):
+                _check(Path(path).exists(), "data.train_list", "names a list file or directory that does not exist",
+                       path)
+                if Path(path).is_file():
+                    read_list(path, d.root, d.num_classes)  # a bad line or label stops the run here, named
         except ListError as e:
             raise ConfigError(f"data.train_list: {e}") from None
-        for path, _ in specs:
-            _check(Path(path).exists(), "data.train_list", "names a list file or directory that does not exist", path)
 
 
 def _check_dir(path: str, name: str, must_hold: str) -> None:

@@ -85,10 +85,15 @@ class VideoClips(Dataset):
         with PyAVVideo(path, self.threads) as video:
             frames = self._frames(video, index, epoch, view)
             if not decode:
+                video.check_reaches(int(frames.max()))
                 crop = self._crop(video.height, video.width, index, epoch, view)
                 return Plan(index, path, frames, crop, video.codec, [])
             pixels = torch.from_numpy(video.read(frames))
         return cut(pixels, self._crop(pixels.shape[1], pixels.shape[2], index, epoch, view), self.size)
+
+    def clip(self, index: int, epoch: int = 0, view: int = 0) -> torch.Tensor:
+        """Video `index`'s clip, without replacement: raises BadVideo when the file cannot give one."""
+        return self._attempt(index, epoch, view, decode=True)
 
     def _resolve(self, key: int, decode: bool) -> tuple[int, torch.Tensor | Plan, list[tuple[str, str, str]]]:
         """The first video of key's replacement chain that gives a clip, and the skips on the way."""

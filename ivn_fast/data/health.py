@@ -23,8 +23,8 @@ REASONS = {
     "no_video": "no video stream (audio-only or data-only file)",
     "unsupported_codec": "no decoder for the video codec",
     "too_short": "fewer frames than data.min_frames",
-    "truncated": "the stream ends well before its stated length",
-    "corrupt": "the stream fails to decode",
+    "truncated": "the data ends or breaks off before the frames the container lists",
+    "corrupt": "frames fail to decode",
 }
 # skips are judged only once this many samples were attempted, so a few early failures on a
 # small list do not stop a run that is otherwise fine

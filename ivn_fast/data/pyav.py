@@ -55,6 +55,7 @@ class PyAVVideo:
             raise BadVideo("unreadable", str(e)) from None
         if size == 0:
             raise BadVideo("empty")
+        self.file_size = size
         try:
             self.container = av.open(path, metadata_errors="ignore")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
@@ -82,6 +83,7 @@ class PyAVVideo:
         self.fps = float(rate)
         self.time_base = float(stream.time_base)
         self.start_pts = stream.start_time or 0
+        self._used = False  # whether packets were read, so the next read must rewind
         self.num_frames = stream.frames or self._frames_from_duration()
         self.height, self.width = stream.codec_context.height, stream.codec_context.width
 
@@ -95,7 +97,7 @@ class PyAVVideo:
             return max(0, round(seconds * self.fps))
         try:
             count = sum(1 for p in self.container.demux(s) if p.size)
-            self.container.seek(0)
+            self._used = True
         except av.FFmpegError as e:
             raise BadVideo("corrupt", _why(e)) from None
         return count
@@ -114,100 +116,134 @@ class PyAVVideo:
 
     def read(self, numbers: np.ndarray) -> np.ndarray:
         """Frames `numbers` (any order, repeats allowed) as [len, H, W, 3] uint8, upright."""
+        numbers = np.asarray(numbers)
         try:
             try:
-                frames = self._read(np.asarray(numbers), seek=True)
+                chosen = _Reader(self, np.unique(numbers), seek=True).run()
             except _Overshoot:
-                self.container.seek(0)
-                frames = self._read(np.asarray(numbers), seek=False)
+                chosen = _Reader(self, np.unique(numbers), seek=False).run()
         except av.FFmpegError as e:
             raise BadVideo("corrupt", _why(e)) from None
-        return frames
-
-    def _read(self, numbers: np.ndarray, seek: bool) -> np.ndarray:
-        wanted = np.unique(numbers)
-        per_frame = 1.0 / (self.fps * self.time_base)  # pts units per frame
-        half = per_frame / 2
-        targets = self.start_pts + wanted * per_frame
-        chosen: list[av.VideoFrame | None] = [None] * len(wanted)
-        codec = self.stream.codec_context
-        pending = 0  # the first wanted frame not yet served
-        sought = False  # whether the group being read was reached by a seek
-
-        def decode(gop: list[av.Packet], limit: float) -> int:
-            """Serve the pending targets before `limit` (the next keyframe's pts) from this group;
-            returns the first target still pending."""
-            hi = pending
-            while hi < len(wanted) and targets[hi] + half < limit:
-                hi += 1
-            if hi == pending:
-                return hi
-            last_needed = targets[hi - 1] + half
-            cut = max((i for i, p in enumerate(gop) if (_pts(p) or 0) <= last_needed), default=0)
-            frames = []
-            for packet in gop[:cut + 1]:
-                frames.extend(codec.decode(packet))
-            frames.extend(codec.decode(None))
-            codec.flush_buffers()
-            frames = sorted((f for f in frames if f.pts is not None), key=lambda f: f.pts)
-            if not frames:
-                raise BadVideo("corrupt", "a group of pictures decoded to no frame")
-            if sought and frames[0].pts > targets[pending] + half:
-                raise _Overshoot
-            stamps = np.array([f.pts for f in frames], dtype=np.float64)
-            for j in range(pending, hi):
-                chosen[j] = frames[max(0, int(np.searchsorted(stamps, targets[j] + half, side="right")) - 1)]
-            return hi
-
-        gap = SEEK_GAP_S / self.time_base
-        last_sought = -1
-
-        def jump() -> Iterator[av.Packet]:
-            """Packets from the keyframe before the first pending target."""
-            nonlocal last_sought, sought
-            last_sought, sought = pending, True
-            self.container.seek(int(targets[pending]), stream=self.stream, backward=True, any_frame=False)
-            return iter(self.container.demux(self.stream))
-
-        packets = jump() if seek and targets[0] - self.start_pts > gap else iter(self.container.demux(self.stream))
-        gop: list[av.Packet] = []
-        while True:
-            packet = next(packets, None)
-            if packet is None:
-                if gop:
-                    pending = decode(gop, math.inf)
-                break
-            if packet.size == 0:
-                continue
-            if packet.is_keyframe and gop:
-                pts = _pts(packet)
-                served = decode(gop, math.inf if pts is None else pts)
-                sought = sought and served == pending
-                pending, gop = served, []
-                if pending == len(wanted):
-                    break
-                if seek and pts is not None and targets[pending] - pts > gap and pending != last_sought:
-                    packets = jump()
-                    continue
-            gop.append(packet)
-        return self._assemble(numbers, wanted, targets, chosen, per_frame)
-
-    def _assemble(self, numbers: np.ndarray, wanted: np.ndarray, targets: np.ndarray,
-                  chosen: list[av.VideoFrame | None], per_frame: float) -> np.ndarray:
-        """The chosen frames in the asked order, converted once each; a wanted frame far past the
-        stream's end means the file is truncated."""
-        slack = max(TRUNCATION_FRAMES, TRUNCATION_SHARE * self.num_frames) * per_frame
         arrays: dict[int, np.ndarray] = {}
-        for frame, target in zip(chosen, targets):
-            if frame is None:
-                raise BadVideo("corrupt", "the stream holds no packet")
-            if target - frame.pts > slack:
-                shown = round((frame.pts - self.start_pts) / per_frame)
-                raise BadVideo("truncated", f"frame {round((target - self.start_pts) / per_frame)} wanted, "
-                                            f"the stream ends at frame {shown} of {self.num_frames} stated")
+        for frame in chosen.values():
             if id(frame) not in arrays:
                 rgb = frame.to_ndarray(format="rgb24")
                 quarter_turns = round(frame.rotation / 90) % 4
                 arrays[id(frame)] = np.rot90(rgb, quarter_turns) if quarter_turns else rgb
-        out = [arrays[id(chosen[int(np.searchsorted(wanted, n))])] for n in numbers]
-        return np.stack(out)
+        return np.stack([arrays[id(chosen[int(n)])] for n in numbers])
+
+    def check_reaches(self, number: int) -> None:
+        """Raise BadVideo("truncated") unless the stream holds a packet near frame `number`, by
+        demuxing around it (no decoding): a cheap check for decoders that would pad instead."""
+        per_frame = 1.0 / (self.fps * self.time_base)
+        slack = max(TRUNCATION_FRAMES, TRUNCATION_SHARE * self.num_frames) * per_frame
+        target = self.start_pts + number * per_frame
+        try:
+            for packet in self.packets(target):
+                pts = _pts(packet)
+                if packet.size and pts is not None and pts >= target - slack:
+                    return
+        except av.FFmpegError as e:
+            raise BadVideo("truncated", f"reading packets failed ({_why(e)})") from None
+        raise BadVideo("truncated", f"frame {number} wanted, the stream ends before it ({self.num_frames} stated)")
+
+    def packets(self, pts: float | None) -> Iterator[av.Packet]:
+        """The video stream's packets from the keyframe at or before `pts` (None: the start)."""
+        if pts is not None or self._used:
+            target = int(pts) if pts is not None else self.start_pts
+            self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        self._used = True
+        return iter(self.container.demux(self.stream))
+
+
+class _Reader:
+    """One pass over a video serving the wanted frame numbers (sorted, distinct).
+
+    Frame number k is wanted at pts target_k = start + k * per_frame and is served by the last
+    frame shown at or before target_k + half a frame.
+    """
+
+    def __init__(self, video: PyAVVideo, wanted: np.ndarray, seek: bool):
+        self.video, self.wanted, self.seek = video, wanted, seek
+        self.per_frame = 1.0 / (video.fps * video.time_base)  # pts units per frame
+        self.targets = video.start_pts + wanted * self.per_frame + self.per_frame / 2
+        self.chosen: dict[int, av.VideoFrame] = {}
+        self.pending = 0  # the first wanted frame not yet served
+        self.sought = False  # whether the group being read was reached by a seek
+        self.last_sought = -1
+
+    def run(self) -> dict[int, av.VideoFrame]:
+        gap = SEEK_GAP_S / self.video.time_base
+        packets = self._jump() if self.seek and self.targets[0] - self.video.start_pts > gap else (
+            self.video.packets(None))
+        gop: list[av.Packet] = []
+        while self.pending < len(self.wanted):
+            try:
+                packet = next(packets, None)
+            except av.FFmpegError as e:
+                raise BadVideo("truncated", f"reading packets failed ({_why(e)})") from None
+            if packet is None:
+                if not gop:
+                    raise BadVideo("corrupt", "the stream holds no packet")
+                self._serve(gop, math.inf)
+                break
+            if packet.size == 0:
+                continue
+            pts = _pts(packet)
+            if packet.is_keyframe and gop:
+                self._serve(gop, math.inf if pts is None else pts)
+                gop = []
+                if (self.seek and self.pending < len(self.wanted) and pts is not None
+                        and self.targets[self.pending] - pts > gap and self.pending != self.last_sought):
+                    packets = self._jump()
+                    continue
+            gop.append(packet)
+        return self.chosen
+
+    def _jump(self) -> Iterator[av.Packet]:
+        self.last_sought, self.sought = self.pending, True
+        return self.video.packets(self.targets[self.pending])
+
+    def _serve(self, gop: list[av.Packet], limit: float) -> None:
+        """Decode this group of pictures as far as the pending targets before `limit` (the next
+        keyframe's pts) need, and choose their frames."""
+        lo = hi = self.pending
+        while hi < len(self.wanted) and self.targets[hi] < limit:
+            hi += 1
+        if hi == lo:
+            return
+        cut = max((i for i, p in enumerate(gop) if (_pts(p) or 0) <= self.targets[hi - 1]), default=0)
+        frames = self._decode(gop[:cut + 1])
+        if self.sought and frames[0].pts > self.targets[lo]:
+            raise _Overshoot
+        self.sought = False
+        stamps = np.array([f.pts for f in frames], dtype=np.float64)
+        ends = limit == math.inf and cut == len(gop) - 1  # frames[-1] is the stream's last frame
+        slack = max(TRUNCATION_FRAMES, TRUNCATION_SHARE * self.video.num_frames) * self.per_frame
+        for j in range(lo, hi):
+            if ends and self.targets[j] - stamps[-1] > slack:
+                raise BadVideo("truncated", f"frame {self.wanted[j]} wanted, the stream ends at frame "
+                                            f"{round((stamps[-1] - self.video.start_pts) / self.per_frame)} "
+                                            f"of {self.video.num_frames} stated")
+            self.chosen[int(self.wanted[j])] = frames[max(0, int(np.searchsorted(stamps, self.targets[j],
+                                                                                   side="right")) - 1)]
+        self.pending = hi
+
+    def _decode(self, packets: list[av.Packet]) -> list[av.VideoFrame]:
+        """Every frame of these packets, in presentation order; the decoder is left empty."""
+        codec = self.video.stream.codec_context
+        frames = []
+        for packet in packets:
+            try:
+                frames.extend(codec.decode(packet))
+            except av.FFmpegError as e:
+                if packet.pos is not None and packet.pos >= 0 and packet.pos + packet.size >= self.video.file_size:
+                    raise BadVideo("truncated", f"the last packet is cut off by the end of the file "
+                                                f"({_why(e)})") from None
+                raise
+        frames.extend(codec.decode(None))
+        codec.flush_buffers()
+        frames = sorted((f for f in frames if f.pts is not None), key=lambda f: f.pts)
+        if not frames:
+            raise BadVideo("corrupt", "a group of pictures decoded to no frame")
+        return frames

@@ -1,0 +1,85 @@
+"""The PyAV reader on real files: every codec, seeking, trims, odd sizes, rotation, variable rate."""
+
+import av
+import numpy as np
+import pytest
+
+import ivn_fast.data.pyav as pyav
+from ivn_fast.data.health import BadVideo
+from ivn_fast.data.pyav import PyAVVideo
+from video_helpers import CODECS, frame_number, write_audio_only, write_video
+
+
+def numbers_of(path, wanted):
+    with PyAVVideo(str(path)) as video:
+        return [frame_number(f) for f in video.read(np.asarray(wanted))]
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_each_codec_gives_the_wanted_frames(tmp_path, codec):
+    path = write_video(tmp_path / "v", codec, frames=20)
+    with PyAVVideo(str(path)) as video:
+        assert (video.num_frames, video.fps, video.height, video.width) == (20, 25.0, 48, 64)
+        frames = video.read(np.array([19, 0, 7, 7, 12]))
+    assert frames.shape == (5, 48, 64, 3) and frames.dtype == np.uint8
+    assert [frame_number(f) for f in frames] == [19, 0, 7, 7, 12]
+
+
+def test_seeking_and_group_skipping_match_a_full_decode(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "long", "h264", frames=90, gop=6)
+    with av.open(str(path)) as c:
+        full = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    wanted = np.array([3, 40, 41, 88, 60, 5])
+    monkeypatch.setattr(pyav, "SEEK_GAP_S", 0.3)  # 90 frames at 25 fps: several jumps
+    with PyAVVideo(str(path)) as video:
+        seeking = video.read(wanted)
+        again = video.read(wanted[::-1])  # a second read of the same file rewinds
+    monkeypatch.setattr(pyav, "SEEK_GAP_S", 1e9)
+    with PyAVVideo(str(path)) as video:
+        streaming = video.read(wanted)
+    for got in (seeking, streaming, again[::-1]):
+        assert all(np.array_equal(g, full[k]) for g, k in zip(got, wanted))
+
+
+def test_trimmed_window(tmp_path):
+    path = write_video(tmp_path / "t", "vp9", frames=30)  # 1.2 s at 25 fps
+    with PyAVVideo(str(path)) as video:
+        assert video.window(-1, -1) == (0, 30)
+        assert video.window(0.4, 0.8) == (10, 10)
+        assert video.window(1.0, 5.0) == (25, 5)
+
+
+@pytest.mark.parametrize("codec, pix_fmt", [("h264", "yuv444p"), ("mpeg4", None), ("vp9", None), ("mjpeg", None)])
+def test_odd_frame_sizes(tmp_path, codec, pix_fmt):
+    path = write_video(tmp_path / "odd", codec, frames=4, width=227, height=131, pix_fmt=pix_fmt)
+    with PyAVVideo(str(path)) as video:
+        frames = video.read(np.arange(4))
+    assert frames.shape == (4, 131, 227, 3) and [frame_number(f) for f in frames] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("degrees, turns", [(90, 1), (-90, -1), (180, 2)])
+def test_rotation_metadata_is_applied(tmp_path, degrees, turns):
+    path = write_video(tmp_path / "r", "h264", frames=3, rotation=degrees)
+    with av.open(str(path)) as c:
+        stored = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    with PyAVVideo(str(path)) as video:
+        shown = video.read(np.array([0]))[0]
+    assert np.array_equal(shown, np.rot90(stored, turns))  # the display matrix turns counter-clockwise
+
+
+def test_variable_frame_rate_samples_by_time(tmp_path):
+    pts = [0, 1, 2, 5, 6, 7, 12, 13, 14, 20]  # in 1/25 s
+    path = write_video(tmp_path / "vfr", "h264", frames=10, pts=pts)
+    with PyAVVideo(str(path)) as video:
+        step = 25 / video.fps  # 1/25 s per frame at the average rate
+        got = [frame_number(f) for f in video.read(np.arange(10))]
+    # frame k is the one on screen at (k + 1/2) average frames
+    expected = [max(i for i, t in enumerate(pts) if t <= (k + 0.5) * step) for k in range(10)]
+    assert got == expected and got[0] <= 1 and got[-1] >= 8
+
+
+def test_audio_track_is_ignored_and_audio_only_is_no_video(tmp_path):
+    assert numbers_of(write_video(tmp_path / "a", "h264", frames=6, audio=True), [0, 5]) == [0, 5]
+    with pytest.raises(BadVideo) as e:
+        PyAVVideo(str(write_audio_only(tmp_path / "sound")))
+    assert e.value.reason == "no_video"
