@@ -2,6 +2,8 @@
 
     python -m ivn_fast.probe --checkpoint CKPT --train-list synthetic:shape --val-list synthetic:shape \\
         [--head attentive|linear] [--epochs N] [--segments S --crops C] [--cache-dir DIR] [--json OUT]
+    python -m ivn_fast.probe --checkpoint CKPT --train-list k400_train.txt --val-list k400_val.txt \\
+        --root /data/k400 --segments 4 --crops 3
 
 The encoder (a training checkpoint of either stage, a directory written by
 `python -m ivn_fast.export`, or a released InternVideo-Next checkpoint file) stays frozen: its
@@ -12,6 +14,10 @@ baseline every result is read against.
 Multi-view testing: each validation clip is seen as segments x crops views and the probe's
 softmax is averaged over them (the reported top-1 / top-5; `view_top1` is the mean single-view
 accuracy); training takes one view per clip, drawn at random, as a training-time crop would.
+
+Lists of real videos (`path label` per line, the formats and mixing of `ivn_fast.data.lists`)
+give their clips through `ivn_fast.data.dataset.VideoClips`: a sparsely sampled clip with the
+multi-scale crop and flip per training video, segments x crops test views per validation video.
 
 Tasks on the built-in synthetic set: `synthetic:shape` (appearance), `synthetic:direction`
 (dynamics) and `synthetic:speed`, optionally with a clip count (`synthetic:direction:1440`);
@@ -43,6 +49,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
+from ivn_fast.config import DataConfig
+from ivn_fast.data.dataset import VideoClips
+from ivn_fast.data.lists import ListError, load_lists, parse_spec
 from ivn_fast.data.synthetic import LABELS, SyntheticVideos
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
@@ -56,8 +65,18 @@ CROP_CANVAS = 1.25  # rendered frame side / view side when a clip is cut into se
 Features = tuple[torch.Tensor, dict[str, torch.Tensor]]  # tokens [N, V, S, C], labels per key [N]
 
 
-def parse_task(spec: str, split: str) -> tuple[str, int]:
-    """'synthetic:LABEL[:N]' -> (label, clips)."""
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One split of a probe task: the clips, which of their labels to read, and what they are."""
+
+    data: Dataset
+    label: str
+    num_classes: int
+    spec: dict  # what the clips are: recorded in the JSON, and the feature cache's key
+
+
+def synthetic_task(spec: str, split: str, *, frames: int, size: int, segments: int, crops: int) -> Task:
+    """'synthetic:LABEL[:CLIPS]' on the built-in set (train and validation from different seeds)."""
     parts = spec.split(":")
     if parts[0] != "synthetic" or len(parts) not in (2, 3) or parts[1] not in LABELS:
         raise ValueError(f"--{split}-list {spec!r}: expected synthetic:LABEL[:CLIPS] with LABEL one of "
@@ -65,7 +84,32 @@ def parse_task(spec: str, split: str) -> tuple[str, int]:
     clips = int(parts[2]) if len(parts) == 3 else DEFAULT_CLIPS[split]
     if clips < 1:
         raise ValueError(f"--{split}-list {spec!r}: the clip count must be positive")
-    return parts[1], clips
+    train = split == "train"
+    data = SyntheticViews(clips, frames, size, seed=SEEDS[split], segments=segments, crops=crops, train=train)
+    return Task(data, parts[1], len(LABELS[parts[1]]), {
+        "data": "synthetic", "clips": clips, "seed": SEEDS[split], "frames": frames, "size": size,
+        "segments": segments, "crops": crops, "train": train})
+
+
+def list_task(spec: str, split: str, *, frames: int, size: int, segments: int, crops: int, root: str, sampling: str,
+              stride: int, seed: int) -> Task:
+    """Labelled video lists (a list spec as ivn_fast.data.lists reads it)."""
+    data_cfg = DataConfig()
+    no_flip = tuple(s.strip() for s in data_cfg.no_flip_sources.split(","))
+    try:
+        videos = load_lists(spec, root=root, no_flip_sources=no_flip, seed=seed)
+    except ListError as e:
+        raise ValueError(f"--{split}-list: {e}") from None
+    unlabelled = int((videos.labels < 0).sum())
+    if unlabelled:
+        raise ValueError(f"--{split}-list {spec!r}: {unlabelled} of {len(videos)} videos have no label")
+    train = split == "train"
+    clips = VideoClips(videos, num_frames=frames, size=size, sampling=sampling, stride=stride,
+                       min_frames=data_cfg.min_frames, seed=seed, train=train, segments=segments, crops=crops)
+    files = [(p, w, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p, w in parse_spec(spec)]
+    return Task(clips if train else GroupedViews(clips, segments * crops), "label", int(videos.labels.max()) + 1, {
+        "data": "list", "lists": files, "root": root, "videos": len(videos), "frames": frames, "size": size,
+        "sampling": sampling, "stride": stride, "segments": segments, "crops": crops, "train": train, "seed": seed})
 
 
 class SyntheticViews(Dataset):
@@ -95,6 +139,21 @@ class SyntheticViews(Dataset):
         t, s = self.num_frames, self.size
         video = torch.stack([item["video"][:, t0:t0 + t, y:y + s, x:x + s] for t0, y, x in windows])
         return {"video": video, **{k: item[k] for k in LABELS}}
+
+
+class GroupedViews(Dataset):
+    """Items i*V .. i*V+V-1 of a dataset that lists each test view as its own item (VideoClips
+    at test time) as one item of V views."""
+
+    def __init__(self, data: Dataset, views: int):
+        self.data, self.views = data, views
+
+    def __len__(self) -> int:
+        return len(self.data) // self.views
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        items = [self.data[index * self.views + v] for v in range(self.views)]
+        return {"video": torch.stack([it["video"] for it in items]), "label": items[0]["label"]}
 
 
 @torch.no_grad()
@@ -127,7 +186,8 @@ def cached_encode(cache_dir: Path, spec: dict, encoder: VideoEncoder, data: Data
                   batch: int, device: torch.device, *, workers: int = 0) -> tuple[Features, bool]:
     """Mean-pooled features from cache_dir when this encoder has seen this data (`spec` names
     it), else encoded and stored (safetensors, written atomically); and whether it was a hit."""
-    key = hashlib.sha256(json.dumps({"encoder": encoder_digest(encoder), **spec}, sort_keys=True).encode())
+    key = hashlib.sha256(json.dumps({"encoder": encoder_digest(encoder), "labels": list(label_keys), **spec},
+                                    sort_keys=True).encode())
     path = Path(cache_dir) / f"{key.hexdigest()[:32]}.safetensors"
     if path.is_file():
         stored = load_file(str(path))
@@ -199,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint (step_XXXXXXXX), exported encoder, or released checkpoint file")
-    parser.add_argument("--train-list", required=True, help="training task, e.g. synthetic:shape")
-    parser.add_argument("--val-list", required=True, help="validation task with the same label, e.g. synthetic:shape")
+    parser.add_argument("--train-list", required=True,
+                        help="training clips: synthetic:LABEL[:CLIPS], or video lists ('path label' per line)")
+    parser.add_argument("--val-list", required=True,
+                        help="validation clips with the same labels: synthetic:LABEL[:CLIPS], or video lists")
     parser.add_argument("--head", default="attentive", choices=PROBE_KINDS,
                         help="attentive (V-JEPA's) or linear on mean-pooled tokens")
     parser.add_argument("--random-init", action="store_true",
@@ -215,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crops", type=int, default=1, help="spatial crops per segment at test time")
     parser.add_argument("--frames", type=int, default=0, help="frames per view (0: the encoder's training clip)")
     parser.add_argument("--size", type=int, default=0, help="view side in pixels (0: the encoder's training clip)")
+    parser.add_argument("--root", default="", help="prefix joined onto relative paths in the video lists")
+    parser.add_argument("--sampling", default=DataConfig().sampling, choices=("sparse", "dense"),
+                        help="frames of a list clip: one per equal segment of the video, or --stride apart")
+    parser.add_argument("--stride", type=int, default=DataConfig().stride, help="frame step of dense sampling")
     parser.add_argument("--cache-dir", type=Path, help="keep the linear probe's pooled features here")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that prepare clips")
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe's initialisation and data order")
@@ -224,11 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("epochs", "batch", "segments", "crops"):
+    for name in ("epochs", "batch", "segments", "crops", "stride"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.cache_dir and args.head != "linear":
         raise ValueError("--cache-dir keeps mean-pooled features, which only --head linear reads")
+
+
+def load_task(spec: str, split: str, args: argparse.Namespace, frames: int, size: int) -> Task:
+    views = {"segments": args.segments, "crops": args.crops}
+    if spec.split(":")[0] == "synthetic":
+        return synthetic_task(spec, split, frames=frames, size=size, **views)
+    return list_task(spec, split, frames=frames, size=size, root=args.root, sampling=args.sampling,
+                     stride=args.stride, seed=args.seed, **views)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,10 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
-        label, n_train = parse_task(args.train_list, "train")
-        val_label, n_val = parse_task(args.val_list, "val")
-        if val_label != label:
-            raise ValueError(f"--train-list labels {label!r} but --val-list labels {val_label!r}")
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if args.device == "auto" else args.device))
         encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
@@ -248,29 +318,33 @@ def main(argv: list[str] | None = None) -> int:
         size = args.size or encoder.grid[1] * encoder.cfg.patch_size
         if size % encoder.cfg.patch_size:
             raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
+        tasks = {split: load_task(spec, split, args, frames, size)
+                 for split, spec in (("train", args.train_list), ("val", args.val_list))}
+        if tasks["train"].label != tasks["val"].label:
+            raise ValueError(f"--train-list labels {tasks['train'].label!r} but --val-list labels "
+                             f"{tasks['val'].label!r}")
     except (ValueError, FileNotFoundError) as e:
         print(f"ivn_fast.probe: error: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    views = {"segments": args.segments, "crops": args.crops}
+    label = tasks["train"].label
     features, cached = {}, {}
-    for split, n in (("train", n_train), ("val", n_val)):
-        data = SyntheticViews(n, frames, size, seed=SEEDS[split], train=split == "train", **views)
+    for split, task in tasks.items():
         if args.cache_dir:
-            spec = {"data": "synthetic", "split": split, "clips": n, "seed": SEEDS[split], "frames": frames,
-                    "size": size, "train_views": split == "train", **views}
-            (tokens, labels), cached[split] = cached_encode(args.cache_dir, spec, encoder, data, LABELS, args.batch,
-                                                            device, workers=args.workers)
+            (tokens, labels), cached[split] = cached_encode(args.cache_dir, task.spec, encoder, task.data, (label,),
+                                                            args.batch, device, workers=args.workers)
         else:
-            tokens, labels = encode(encoder, data, LABELS, args.batch, device, pool=args.head == "linear",
+            tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=args.head == "linear",
                                     workers=args.workers)
         features[split] = (tokens, labels[label])
-    result = train_probe(features["train"], features["val"], head=args.head, num_classes=len(LABELS[label]),
+    num_classes = max(t.num_classes for t in tasks.values())
+    result = train_probe(features["train"], features["val"], head=args.head, num_classes=num_classes,
                          num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
                          lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
-    record = {"task": label, **result, "seconds": round(time.perf_counter() - start, 1),
+    record = {"task": label, "classes": num_classes, **result, "seconds": round(time.perf_counter() - start, 1),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "clips": {"train": n_train, "val": n_val}, "frames": frames, "size": size, "views": views,
+              "clips": {split: len(t.data) for split, t in tasks.items()}, "frames": frames, "size": size,
+              "views": {"segments": args.segments, "crops": args.crops}, "data": {s: t.spec for s, t in tasks.items()},
               "cached": cached}
     views_note = f", {args.segments}x{args.crops} views" if args.segments * args.crops > 1 else ""
     print(f"{label} probe ({args.head}{', random encoder' if args.random_init else ''}{views_note}): "

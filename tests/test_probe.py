@@ -9,8 +9,9 @@ from torch import nn
 from ivn_fast.data.synthetic import SyntheticVideos
 from ivn_fast.models.probe import AttentiveProbe, LinearProbe, build_probe
 from ivn_fast.pretrain import main as pretrain_main
-from ivn_fast.probe import SyntheticViews, evaluate, parse_task, topk_accuracy, train_probe
+from ivn_fast.probe import SyntheticViews, evaluate, synthetic_task, topk_accuracy, train_probe
 from ivn_fast.probe import main as probe_main
+from video_helpers import write_video
 
 
 def _separable(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,11 +88,13 @@ def test_probe_heads_shapes_and_topk():
 
 
 def test_task_specs():
-    assert parse_task("synthetic:direction", "train") == ("direction", 720)
-    assert parse_task("synthetic:shape:96", "val") == ("shape", 96)
-    for bad in ("kinetics:shape", "synthetic:colour", "synthetic:shape:0"):
+    views = {"frames": 4, "size": 28, "segments": 1, "crops": 1}
+    task = synthetic_task("synthetic:direction", "train", **views)
+    assert (task.label, task.num_classes, len(task.data)) == ("direction", 8, 720)
+    assert len(synthetic_task("synthetic:shape:96", "val", **views).data) == 96
+    for bad in ("synthetic", "synthetic:colour", "synthetic:shape:0"):
         with pytest.raises(ValueError, match="--train-list"):
-            parse_task(bad, "train")
+            synthetic_task(bad, "train", **views)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +123,8 @@ def test_cli_probes_a_checkpoint_and_its_random_twin(checkpoint, tmp_path, capsy
     assert "--epochs must be >= 1" in capsys.readouterr().err
     assert probe_main(common + ["--cache-dir", str(tmp_path / "cache")]) == 2
     assert "only --head linear" in capsys.readouterr().err
+    assert probe_main(common[:2] + ["--train-list", "kinetics:shape", "--val-list", "synthetic:shape"]) == 2
+    assert "video list not found" in capsys.readouterr().err
 
 
 def test_cli_multi_view_linear_probe_caches_features(checkpoint, tmp_path):
@@ -135,3 +140,24 @@ def test_cli_multi_view_linear_probe_caches_features(checkpoint, tmp_path):
     assert records[0]["views"] == {"segments": 2, "crops": 2}
     assert records[0]["top1"] == records[1]["top1"] and records[0]["curve"] == records[1]["curve"]
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+
+
+def test_cli_probes_video_lists_with_test_views(checkpoint, tmp_path):
+    lines = []
+    for i in range(6):
+        path = write_video(tmp_path / f"v{i}", frames=10 + i, width=64 + 8 * (i % 2), height=48)
+        lines.append(f"{path.name} {i % 2}")
+    (tmp_path / "train.txt").write_text("\n".join(lines[:4]) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(lines[4:]) + "\n")
+    out = tmp_path / "probe.json"
+    args = ["--checkpoint", str(checkpoint), "--train-list", str(tmp_path / "train.txt"), "--val-list",
+            str(tmp_path / "val.txt"), "--root", str(tmp_path), "--epochs", "2", "--batch", "4", "--segments", "2",
+            "--crops", "3", "--json", str(out)]
+    assert probe_main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["task"] == "label" and record["classes"] == 2 and record["clips"] == {"train": 4, "val": 2}
+    assert record["data"]["val"]["segments"] == 2 and record["data"]["val"]["videos"] == 2
+    assert 0.0 <= record["top1"] <= 1.0 and 0.0 <= record["view_top1"] <= 1.0
+    (tmp_path / "unlabelled.txt").write_text(f"{tmp_path / 'v0.mp4'}\n")
+    assert probe_main(args[:2] + ["--train-list", str(tmp_path / "unlabelled.txt"), "--val-list",
+                                  str(tmp_path / "val.txt")]) == 2
