@@ -137,7 +137,6 @@ def run_seed(seed: int, size: Size, out: Path, device: torch.device, log: loggin
         records.append(record)
         if variant.overrides is None:
             continue
-        run = out / f"seed_{seed}" / variant.key
         if variant.key == "stage2":  # Stage 2 writes under its Stage 1 run: OUTPUT_DIR/stage2
             runs[variant.key] = runs[STAGE2_FROM] / "stage2"
             tree = _merge(common, {"train": {"stage": 2, "max_steps": size.stage2_steps, "ckpt_every": size.steps},
@@ -145,8 +144,8 @@ def run_seed(seed: int, size: Size, out: Path, device: torch.device, log: loggin
                                                                          stage1_steps))},
                                    "output_dir": str(runs[STAGE2_FROM])})
         else:
-            runs[variant.key] = run
-            tree = _merge(common, {**variant.overrides, "output_dir": str(run)})
+            runs[variant.key] = out / f"seed_{seed}" / variant.key
+            tree = _merge(common, {**variant.overrides, "output_dir": str(runs[variant.key])})
         record["pretrain"] = pretrain(tree)
         log.info("seed %d %-22s pretrained in %6.1f s (%.2f s/step, final loss %.4f)", seed, variant.key,
                  record["pretrain"]["seconds"], record["pretrain"]["step_s"], record["pretrain"]["loss"])
