@@ -25,10 +25,14 @@ def test_each_codec_gives_the_wanted_frames(tmp_path, codec):
     assert [frame_number(f) for f in frames] == [19, 0, 7, 7, 12]
 
 
-def test_seeking_and_group_skipping_match_a_full_decode(tmp_path, monkeypatch):
-    path = write_video(tmp_path / "long", "h264", frames=90, gop=6)
+@pytest.mark.parametrize("b_frames", [False, True])
+def test_seeking_and_group_skipping_match_a_full_decode(tmp_path, monkeypatch, b_frames):
+    # with B-frames (x264's medium preset, B-pyramid) frames nobody refers to are skipped
+    options = {"preset": "medium", "bf": "3"} if b_frames else None
+    path = write_video(tmp_path / "long", "h264", frames=90, gop=12 if b_frames else 6, options=options)
     with av.open(str(path)) as c:
         full = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert (c.streams.video[0].codec_context.has_b_frames) == b_frames
     wanted = np.array([3, 40, 41, 88, 60, 5])
     monkeypatch.setattr(pyav, "SEEK_GAP_S", 0.3)  # 90 frames at 25 fps: several jumps
     with PyAVVideo(str(path)) as video:

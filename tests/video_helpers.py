@@ -37,11 +37,13 @@ def frame_number(rgb: np.ndarray) -> int:
 
 def write_video(path: Path, codec: str = "h264", *, frames: int = 12, width: int = 64, height: int = 48,
                 fps: int = 25, gop: int | None = None, pts: list[int] | None = None, rotation: int = 0,
-                audio: bool = False, pix_fmt: str | None = None, faststart: bool = False) -> Path:
+                audio: bool = False, pix_fmt: str | None = None, faststart: bool = False,
+                options: dict[str, str] | None = None) -> Path:
     """A painted video; `pts` (in 1/fps units) makes the frame rate variable; `faststart` puts an
-    MP4's index before its data (so a cut-off copy still opens)."""
-    encoder, suffix, default_format, options = CODECS[codec]
+    MP4's index before its data (so a cut-off copy still opens); `options` go to the encoder."""
+    encoder, suffix, default_format, defaults = CODECS[codec]
     pix_fmt = pix_fmt or default_format
+    options = {**defaults, **(options or {})}
     path = Path(path).with_suffix(suffix)
     with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream(encoder, rate=fps)

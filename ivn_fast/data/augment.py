@@ -21,9 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ivn_fast.data.transforms import normalize
+from ivn_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SCALES = (1.0, 0.875, 0.75, 0.66)
+# uint8 level -> ImageNet-normalised value, per channel: v * scale + shift
+_SCALE = torch.tensor([1 / (255 * s) for s in IMAGENET_STD]).view(3, 1, 1, 1)
+_SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1, 1)
 MAX_DISTORT = 1
 SNAP_PX = 3
 
@@ -70,7 +73,8 @@ def cut(frames: torch.Tensor, crop: Crop, size: int) -> torch.Tensor:
     """[T, H, W, 3] uint8 frames -> [3, T, size, size] ImageNet-normalised float clip.
 
     The resize is bilinear with antialiasing (as PIL's, which the released pipeline uses), done
-    on uint8 where torch has a fast kernel for it.
+    on uint8 where torch has a fast kernel for it; the flip and the channel-major layout are
+    uint8 copies too, so the float clip is written once and normalised in place.
     """
     region = frames[:, crop.top:crop.top + crop.height, crop.left:crop.left + crop.width]
     x = region.permute(0, 3, 1, 2)  # [T, 3, h, w], channels-last in memory
@@ -78,5 +82,5 @@ def cut(frames: torch.Tensor, crop: Crop, size: int) -> torch.Tensor:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     if crop.flip:
         x = x.flip(-1)
-    x = x.permute(1, 0, 2, 3).float().div_(255)
-    return normalize(x, channel_dim=0).contiguous()
+    clip = x.permute(1, 0, 2, 3).contiguous().float()
+    return clip.mul_(_SCALE).add_(_SHIFT)

@@ -15,6 +15,7 @@ Every failure is a BadVideo with its reason (see ivn_fast.data.health).
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from collections.abc import Iterator
@@ -213,7 +214,7 @@ class _Reader:
         if hi == lo:
             return
         cut = max((i for i, p in enumerate(gop) if (_pts(p) or 0) <= self.targets[hi - 1]), default=0)
-        frames = self._decode(gop[:cut + 1])
+        frames = self._decode(gop[:cut + 1], self._shown(gop, lo, hi))
         if self.sought and frames[0].pts > self.targets[lo]:
             raise _Overshoot
         self.sought = False
@@ -229,11 +230,26 @@ class _Reader:
                                                                                    side="right")) - 1)]
         self.pending = hi
 
-    def _decode(self, packets: list[av.Packet]) -> list[av.VideoFrame]:
-        """Every frame of these packets, in presentation order; the decoder is left empty."""
+    def _shown(self, gop: list[av.Packet], lo: int, hi: int) -> set[int] | None:
+        """The pts of the packets whose frames targets lo..hi-1 take, where every packet of the group
+        carries its frame's pts (else None: nothing may be skipped)."""
+        stamps = sorted(p.pts for p in gop if p.pts is not None)
+        if len(stamps) != len(gop) or len(set(stamps)) != len(stamps):
+            return None
+        return {stamps[max(0, bisect.bisect_right(stamps, self.targets[j]) - 1)] for j in range(lo, hi)}
+
+    def _decode(self, packets: list[av.Packet], shown: set[int] | None) -> list[av.VideoFrame]:
+        """The frames of these packets, in presentation order; the decoder is left empty.
+
+        Where `shown` names the packets whose frames are wanted, the others are decoded only if
+        later frames refer to them (FFmpeg's skip_frame=NONREF): with B-frames a third or more of
+        a group is never needed.
+        """
         codec = self.video.stream.codec_context
         frames = []
         for packet in packets:
+            if shown is not None:
+                codec.skip_frame = "DEFAULT" if packet.pts in shown else "NONREF"
             try:
                 frames.extend(codec.decode(packet))
             except av.FFmpegError as e:
@@ -241,6 +257,7 @@ class _Reader:
                     raise BadVideo("truncated", f"the last packet is cut off by the end of the file "
                                                 f"({_why(e)})") from None
                 raise
+        codec.skip_frame = "DEFAULT"
         frames.extend(codec.decode(None))
         codec.flush_buffers()
         frames = sorted((f for f in frames if f.pts is not None), key=lambda f: f.pts)
