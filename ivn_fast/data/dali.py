@@ -96,6 +96,8 @@ class DaliClips:
             yield self._batch(keys, [f.result() for f in futures])
 
     def _decode(self, planned: list[tuple[Plan, np.ndarray]]) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
         plans = [p for p, _ in planned]
         self.pipe.feed_input("encoded", [e for _, e in planned])
         self.pipe.feed_input("frames", [p.frames.astype(np.int32) for p in plans])
@@ -104,13 +106,10 @@ class DaliClips:
                                                   np.float32) for p in plans])
         self.pipe.feed_input("mirror", [np.array(int(p.crop.flip), np.int32) for p in plans])
         (out,) = self.pipe.run()
-        if self.backend == "cpu":
-            return torch.from_numpy(np.asarray(out.as_tensor())).to(self.device)
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
         dense = out.as_tensor()
         video = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
-        feed_ndarray(dense, video, cuda_stream=torch.cuda.current_stream(self.device))
+        stream = torch.cuda.current_stream(self.device) if self.backend == "mixed" else None
+        feed_ndarray(dense, video, cuda_stream=stream)
         return video
 
     def _batch(self, keys: list[int], planned: list[tuple[Plan, np.ndarray | None]]) -> dict:
