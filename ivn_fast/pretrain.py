@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ivn_fast.models.attention import set_backend
     from ivn_fast.train.distributed import init_distributed, shutdown
+    from ivn_fast.data.health import TooManyBadSamples
     from ivn_fast.train.checkpoint import CheckpointMismatch
     from ivn_fast.train.trainer import Trainer, resolve_device
     from ivn_kernels import set_kernels
@@ -137,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
         return 2
     start = time.perf_counter()
-    final = trainer.train()
+    try:
+        final = trainer.train()
+    except TooManyBadSamples as e:
+        print(f"ivn_fast.pretrain: error: {e}", file=sys.stderr)
+        shutdown()
+        return 3
     if world.is_main and final:
         log.info("done in %.1f s: step %d, loss %.4f; outputs in %s", time.perf_counter() - start,
                  final["step"], final["loss"], out_dir)

@@ -134,3 +134,11 @@ def test_skip_counter_logs_once_and_stops_past_the_threshold(caplog):
     with pytest.raises(TooManyBadSamples, match=r"data.max_bad_fraction=0.1.*missing 3"):
         counter.update({"skipped": one_bad})
     SkipCounter(0.01).update({"video": torch.zeros(1)})  # synthetic batches carry no skips
+
+
+def test_skip_threshold_is_judged_on_the_whole_run():
+    """Counts summed over processes decide (7 local attempts alone are below min_attempts)."""
+    four_processes = lambda counts: [4 * c for c in counts]  # noqa: E731 (each sees the same share)
+    counter = SkipCounter(max_fraction=0.1, min_attempts=20, run_total=four_processes)
+    with pytest.raises(TooManyBadSamples, match=r"^4 of 28 sampled"):
+        counter.update({"skipped": [encode_skips([("corrupt", "/y.mp4", "")])] + [encode_skips([])] * 5})

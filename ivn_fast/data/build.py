@@ -16,6 +16,7 @@ from ivn_fast.data.health import SkipCounter
 from ivn_fast.data.lists import load_lists
 from ivn_fast.data.loader import StepBatchSampler, build_loader
 from ivn_fast.data.synthetic import SyntheticVideos
+from ivn_fast.train.distributed import sum_over_ranks
 
 log = logging.getLogger("ivn_fast")
 
@@ -71,4 +72,4 @@ def build_train_data(cfg: Config, *, rank: int, world: int, start_step: int, dev
         log.info("data: %d clips from %s, decoded by %s (%s)%s", len(dataset), d.train_list,
                  "DALI" if decoder == "dali" else "PyAV", why,
                  f" in {d.num_workers} worker process(es) x {d.decode_threads} thread(s)" if decoder == "pyav" else "")
-    return TrainData(dataset, batches, pictures, SkipCounter(d.max_bad_fraction))
+    return TrainData(dataset, batches, pictures, SkipCounter(d.max_bad_fraction, run_total=sum_over_ranks))

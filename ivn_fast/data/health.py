@@ -3,7 +3,8 @@
 A file that cannot give a clip raises BadVideo with one of REASONS; the dataset replaces it and
 records the skip in the sample it returns, so the counts reach the main process through the
 DataLoader whatever worker met the file. SkipCounter adds them up there, logs each
-(reason, path) once, and stops the run when the bad fraction passes its threshold.
+(reason, path) once, and stops the run when the bad fraction of the whole run (summed over
+processes, so every process stops at the same step) passes its threshold.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 log = logging.getLogger("ivn_fast")
@@ -53,8 +54,9 @@ def encode_skips(skips: Iterable[tuple[str, str, str]]) -> str:
 class SkipCounter:
     """Bad samples seen by this process, by reason; raises TooManyBadSamples past the threshold."""
 
-    def __init__(self, max_fraction: float, min_attempts: int = MIN_ATTEMPTS):
-        self.max_fraction, self.min_attempts = max_fraction, min_attempts
+    def __init__(self, max_fraction: float, min_attempts: int = MIN_ATTEMPTS,
+                 run_total: Callable[[list[int]], list[int]] = lambda counts: counts):
+        self.max_fraction, self.min_attempts, self.run_total = max_fraction, min_attempts, run_total
         self.attempted = 0
         self.reasons: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()
@@ -80,12 +82,13 @@ class SkipCounter:
         self.check()
 
     def check(self) -> None:
-        if self.attempted < self.min_attempts or self.bad <= self.max_fraction * self.attempted:
+        attempted, bad = self.run_total([self.attempted, self.bad])
+        if attempted < self.min_attempts or bad <= self.max_fraction * attempted:
             return
         by_reason = ", ".join(f"{r} {n}" for r, n in self.reasons.most_common())
         raise TooManyBadSamples(
-            f"{self.bad} of {self.attempted} sampled videos ({self.bad / self.attempted:.1%}) could not be read, "
-            f"more than data.max_bad_fraction={self.max_fraction} allows ({by_reason}); "
+            f"{bad} of {attempted} sampled videos ({bad / attempted:.1%}) could not be read, "
+            f"more than data.max_bad_fraction={self.max_fraction} allows (this process: {by_reason}); "
             f"list them with `python -m ivn_fast.data check LIST` and fix or drop them")
 
     def summary(self) -> dict[str, int]:

@@ -5,9 +5,8 @@ into one stream; global batch s is the slice [s * B, (s + 1) * B) of that stream
 over ranks. Every clip is read exactly once per epoch, by exactly one rank (a batch may span the
 end of one epoch and the start of the next), whatever the number of processes. A resumed run at
 step s therefore reads exactly the batches an uninterrupted run would, on any number of
-processes. With
-epoch_keys the sampler yields index + epoch * num_samples, so a dataset can draw per-epoch
-augmentation from the key alone.
+processes. With epoch_keys the sampler yields index + epoch * num_samples, so a dataset can
+draw per-epoch augmentation from the key alone.
 """
 
 from __future__ import annotations

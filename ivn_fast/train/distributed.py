@@ -49,6 +49,14 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def sum_over_ranks(counts: list[int]) -> list[int]:
+    if not dist.is_initialized():
+        return counts
+    total = torch.tensor(counts, dtype=torch.float64)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return [int(v) for v in total.tolist()]
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

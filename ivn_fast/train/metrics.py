@@ -53,4 +53,6 @@ def format_line(record: dict, max_steps: int) -> str:
              f"{record['clips_per_s']:.1f} clips/s", f"data {100 * record['data_wait_frac']:.0f}%"]
     if record.get("skipped_steps"):
         parts.append(f"skipped {record['skipped_steps']}")
+    if record.get("bad_samples"):
+        parts.append(f"bad videos {record['bad_samples']}")
     return " | ".join(parts)
