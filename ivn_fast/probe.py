@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames of a list clip: one per equal segment of the video, or --stride apart")
     parser.add_argument("--stride", type=int, default=DataConfig().stride, help="frame step of dense sampling")
     parser.add_argument("--cache-dir", type=Path, help="keep the linear probe's pooled features here")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that prepare clips")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="DataLoader processes that render or decode clips (0: in the main process)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe's initialisation and data order")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
