@@ -12,7 +12,7 @@ spatial view c of video i is item (i * segments + s) * crops + c.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -21,8 +21,10 @@ from torch.utils.data import Dataset
 from ivn_fast.data.augment import Crop, cut, multiscale_crop, view_crop
 from ivn_fast.data.health import BadVideo, encode_skips
 from ivn_fast.data.lists import VideoList
-from ivn_fast.data.pyav import PyAVVideo
 from ivn_fast.data.sampling import clip_indices
+
+if TYPE_CHECKING:
+    from ivn_fast.data.pyav import PyAVVideo
 
 # replacements tried for one sample before giving up: with 1% bad files, 12 failures in a row
 # happen once in 1e24 draws, so reaching it means most of the list is unreadable
@@ -81,6 +83,8 @@ class VideoClips(Dataset):
                                flip=self.flip and self.videos.flips(index))
 
     def _attempt(self, index: int, epoch: int, view: int, decode: bool) -> torch.Tensor | Plan:
+        from ivn_fast.data.pyav import PyAVVideo  # here: synthetic-data runs need no PyAV installed
+
         path = self.videos[index].path
         with PyAVVideo(path, self.threads) as video:
             frames = self._frames(video, index, epoch, view)
