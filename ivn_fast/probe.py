@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -51,10 +52,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ivn_fast.config import DataConfig
 from ivn_fast.data.dataset import VideoClips
+from ivn_fast.data.health import SkipCounter, encode_skips
 from ivn_fast.data.lists import ListError, load_lists, parse_spec
 from ivn_fast.data.synthetic import LABELS, SyntheticVideos
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
+
+log = logging.getLogger("ivn_fast")
 
 SEEDS = {"train": 1_000, "val": 2_000}
 DEFAULT_CLIPS = {"train": 720, "val": 288}
@@ -151,9 +155,10 @@ class GroupedViews(Dataset):
     def __len__(self) -> int:
         return len(self.data) // self.views
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
         items = [self.data[index * self.views + v] for v in range(self.views)]
-        return {"video": torch.stack([it["video"] for it in items]), "label": items[0]["label"]}
+        return {"video": torch.stack([it["video"] for it in items]), "label": items[0]["label"],
+                "skipped": encode_skips(s for it in items for s in json.loads(it["skipped"]))}
 
 
 @torch.no_grad()
@@ -163,13 +168,19 @@ def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batc
     item's video is [V, 3, T, H, W] (or one view, [3, T, H, W]); `pool` keeps only the mean over
     tokens (S = 1), all a linear probe reads."""
     tokens, labels = [], {k: [] for k in label_keys}
+    skips = SkipCounter(max_fraction=1.0)  # logs each unreadable file once; never stops a probe
     for items in DataLoader(data, batch_size=batch, num_workers=workers):
+        skips.update(items)
         video = items["video"] if items["video"].dim() == 6 else items["video"][:, None]
         out = encoder(video.flatten(0, 1).to(device)).tokens.float()
         out = out.mean(1, keepdim=True) if pool else out
         tokens.append(out.cpu().unflatten(0, video.shape[:2]))
         for k in label_keys:
             labels[k].append(torch.as_tensor(items[k]))
+    if skips.bad:
+        log.warning("%d unreadable video(s) were replaced by other videos of the list (%s): the probe saw a "
+                    "different set; `python -m ivn_fast.data check LIST` lists them", skips.bad,
+                    ", ".join(f"{k[4:]} {n}" for k, n in skips.summary().items() if k != "bad_samples"))
     return torch.cat(tokens), {k: torch.cat(v) for k, v in labels.items()}
 
 

@@ -1,6 +1,7 @@
 """Probes: they learn a separable task from fixed features, average views, and the CLI runs end to end."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -161,3 +162,16 @@ def test_cli_probes_video_lists_with_test_views(checkpoint, tmp_path):
     (tmp_path / "unlabelled.txt").write_text(f"{tmp_path / 'v0.mp4'}\n")
     assert probe_main(args[:2] + ["--train-list", str(tmp_path / "unlabelled.txt"), "--val-list",
                                   str(tmp_path / "val.txt")]) == 2
+
+
+def test_cli_counts_and_logs_unreadable_validation_videos(checkpoint, tmp_path, caplog):
+    paths = [write_video(tmp_path / f"v{i}", frames=10, width=64, height=48) for i in range(4)]
+    (tmp_path / "train.txt").write_text("".join(f"{p.name} {i % 2}\n" for i, p in enumerate(paths)))
+    (tmp_path / "val.txt").write_text(f"{paths[0].name} 0\ngone.mp4 1\n")
+    args = ["--checkpoint", str(checkpoint), "--train-list", str(tmp_path / "train.txt"), "--val-list",
+            str(tmp_path / "val.txt"), "--root", str(tmp_path), "--epochs", "1", "--batch", "4"]
+    with caplog.at_level(logging.WARNING, logger="ivn_fast"):
+        assert probe_main(args) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("gone.mp4" in m and "missing" in m for m in messages)
+    assert any(m.startswith("1 unreadable video(s) were replaced") and "missing 1" in m for m in messages)
