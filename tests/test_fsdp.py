@@ -13,6 +13,7 @@ import torch.distributed as dist
 from ivn_fast.config import build_config
 from ivn_fast.models.stage1 import Stage1Model
 from ivn_fast.train import checkpoint as ckpt
+from ivn_fast.train.distributed import sum_over_ranks
 from ivn_fast.train.parallelize import shard_model
 from ivn_fast.train.stage1 import token_grid
 
@@ -103,3 +104,24 @@ def test_diffusion_head_keeps_float32_weights_under_bf16_sharding(tmp_path):
                    for p in model.decoder.parameters() if p.requires_grad)
     finally:
         dist.destroy_process_group()
+
+
+def _sum_worker(rank: int, init: str, out) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        out.put((rank, sum_over_ranks([rank + 1, 10 * rank])))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_counts_are_summed_over_processes(tmp_path):
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_sum_worker, args=(r, f"file://{tmp_path / 'pg'}", out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert results == {0: [3, 10], 1: [3, 10]}
+    assert sum_over_ranks([4, 5]) == [4, 5]  # no process group: this process's own counts

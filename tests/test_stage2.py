@@ -69,7 +69,7 @@ def test_ema_target_moves_by_the_ema_rule(stage1, tmp_path):
     cfg = _stage2_config(stage1, tmp_path, "stage2.momentum", m, "train.max_steps", 1)
     trainer = Trainer(cfg, World())
     target0 = {k: v.clone() for k, v in trainer.task.teacher.encoder.named_parameters()}
-    video = trainer.dataset[0]["video"].unsqueeze(0).repeat(4, 1, 1, 1, 1)
+    video = trainer.data.picture_batch[:1].repeat(4, 1, 1, 1, 1)
     trainer.train_step(video)
     student = dict(trainer.model.encoder.named_parameters())
     for name, p in trainer.task.teacher.encoder.named_parameters():

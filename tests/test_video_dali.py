@@ -3,7 +3,6 @@ differs slightly). DALI's CPU backend decodes VP9 here; on a GPU the same check 
 
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""The trainer's data: the dataset, the batches of this rank, a fixed picture batch, the skip counter."""
+"""The trainer's data: the batches of this rank, a fixed picture batch, the skip counter."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ log = logging.getLogger("ivn_fast")
 
 @dataclass
 class TrainData:
-    dataset: Dataset
     batches: Iterable[dict]  # dicts with "video" [B, 3, T, H, W], ImageNet-normalised
     picture_batch: torch.Tensor  # 4 clips for the reconstruction picture
     skips: SkipCounter
@@ -72,4 +71,4 @@ def build_train_data(cfg: Config, *, rank: int, world: int, start_step: int, dev
         log.info("data: %d clips from %s, decoded by %s (%s)%s", len(dataset), d.train_list,
                  "DALI" if decoder == "dali" else "PyAV", why,
                  f" in {d.num_workers} worker process(es) x {d.decode_threads} thread(s)" if decoder == "pyav" else "")
-    return TrainData(dataset, batches, pictures, SkipCounter(d.max_bad_fraction, run_total=sum_over_ranks))
+    return TrainData(batches, pictures, SkipCounter(d.max_bad_fraction, run_total=sum_over_ranks))

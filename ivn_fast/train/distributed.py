@@ -49,10 +49,15 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def _collective_device() -> torch.device:
+    """Where a tensor made for a collective must live: NCCL reduces CUDA tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def sum_over_ranks(counts: list[int]) -> list[int]:
     if not dist.is_initialized():
         return counts
-    total = torch.tensor(counts, dtype=torch.float64)
+    total = torch.tensor(counts, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return [int(v) for v in total.tolist()]
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
 
 
@@ -77,7 +77,3 @@ def shard_model(model: nn.Module, param_dtype: torch.dtype | None, *, forward_on
         count += 1
     fully_shard(model, mp_policy=mixed, reshard_after_forward=True if forward_only else None)
     return count + 1
-
-
-def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,9 +76,7 @@ class Trainer:
         self.skipped = 0
         if resume:
             self._resume()
-        data = build_train_data(cfg, rank=world.rank, world=world.size, start_step=self.step, device=device)
-        self.dataset, self.loader, self.picture_batch, self.skips = (data.dataset, data.batches, data.picture_batch,
-                                                                     data.skips)
+        self.data = build_train_data(cfg, rank=world.rank, world=world.size, start_step=self.step, device=device)
         self.metrics = MetricsWriter(self.out_dir, cfg.train.tensorboard, enabled=world.is_main)
 
     # ------------------------------------------------------------------ state
@@ -190,7 +187,7 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         self.model.eval()
         with torch.random.fork_rng(devices=devices), self._autocast():
-            rows = self.task.reconstruct(self.model, self.picture_batch.to(self.device))
+            rows = self.task.reconstruct(self.model, self.data.picture_batch.to(self.device))
         self.model.train()
         if self.world.is_main:
             path = save_clip_grid(rows, self.out_dir / self.task.picture_name)
@@ -205,13 +202,13 @@ class Trainer:
         last: dict[str, float] = {}
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.world.is_main),
                    dynamic_ncols=True, desc=f"stage {cfg.stage}")
-        batches = iter(self.loader)
+        batches = iter(self.data.batches)
         profiler = step_profiler(cfg.profile and self.world.is_main, self.out_dir / "profile", self.device)
         with profiler as profile_step:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
                 batch = next(batches)
-                self.skips.update(batch)
+                self.data.skips.update(batch)
                 video = batch["video"].to(self.device, non_blocking=True)
                 wait_window += time.perf_counter() - t0
                 window.append(self.train_step(video))
@@ -224,7 +221,7 @@ class Trainer:
                     last.update(step=self.step, lr=window[-1]["lr"], skipped_steps=self.skipped,
                                 clips_per_s=len(window) * cfg.batch_size / elapsed,
                                 step_time_s=elapsed / len(window), data_wait_frac=wait_window / elapsed,
-                                **self.skips.summary())
+                                **self.data.skips.summary())
                     if self.device.type == "cuda":
                         last["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                     self.metrics.write(last)
