@@ -7,8 +7,13 @@ Source videos are generated once into --dir (moving textured shapes plus grain, 
 codec's default settings unless --gop is given), then clips are cut exactly as training cuts
 them (sparse sampling, multi-scale crop, resize, normalise). Rows:
 
-- pyav, 1 process: clips/s of one DataLoader worker (decoding in the calling process);
-- pyav, N workers: clips/s of the DataLoader with N worker processes, and per worker;
+- pyav, 1 process: clips/s of one DataLoader worker (decoding in the calling process), frames
+  converted to RGB by swscale and cut by augment.cut (data.native_cut off);
+- pyav, 1 process, native cut: the same clips cut straight from the YUV planes by the native op
+  (ivn_fast.data.native), timed clip by clip in alternation with the row above, so that load from
+  other work on the machine hits both alike;
+- pyav, N workers: clips/s of the DataLoader with N worker processes, and per worker (native cut
+  where it builds, as training's data.native_cut auto);
 - full decode, 1 process: the same clips when every frame of the file is decoded (the plain
   approach), to show what decoding only the needed groups of pictures saves;
 - dali: clips/s of the DALI loader (on a GPU; on CPU only for VP8/VP9/MJPEG sources).
@@ -26,6 +31,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
 from ivn_fast.data.augment import cut
 from ivn_fast.data.dali import CODECS as DALI_CODECS
@@ -69,15 +75,21 @@ def make_sources(directory: Path, count: int, seconds: float, width: int, height
     return paths
 
 
-def bench_pyav(clips: VideoClips, n: int) -> float:
-    start = time.perf_counter()
+def bench_pyav(variants: list[VideoClips], n: int) -> list[float]:
+    """clips/s of each variant on the same n clips, timed clip by clip in turn (in reverse order
+    every other clip, so neither always reads a file first)."""
+    seconds = [0.0] * len(variants)
     for key in range(n):
-        clips[key]
-    return n / (time.perf_counter() - start)
+        for i in range(len(variants))[::1 if key % 2 == 0 else -1]:
+            start = time.perf_counter()
+            variants[i][key]
+            seconds[i] += time.perf_counter() - start
+    return [n / s for s in seconds]
 
 
 def bench_full_decode(clips: VideoClips, n: int) -> float:
-    """Same clips, decoding every frame of each file."""
+    """Same clips, decoding every frame of each file (converted to RGB as the pyav row does)."""
+    to_rgb = VideoReformatter()
     start = time.perf_counter()
     for key in range(n):
         plan = clips.plan(key)
@@ -87,7 +99,7 @@ def bench_full_decode(clips: VideoClips, n: int) -> float:
             container.streams.video[0].thread_count = 1
             for k, frame in enumerate(container.decode(video=0)):
                 if k in wanted:
-                    picked[k] = frame.to_ndarray(format="rgb24")
+                    picked[k] = to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
         pixels = torch.from_numpy(np.stack([picked[k] for k in plan.frames.tolist()]))
         cut(pixels, plan.crop, clips.size)
     return n / (time.perf_counter() - start)
@@ -140,9 +152,14 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)  # as in a DataLoader worker
     paths = make_sources(Path(args.dir), args.videos, args.seconds, args.width, args.height, args.fps, args.codec,
                          args.gop)
-    clips = VideoClips(VideoList([VideoEntry(str(q), 0) for q in paths]), num_frames=args.frames, size=args.size)
-    rows = {"pyav_1_process": bench_pyav(clips, args.clips),
-            "full_decode_1_process": bench_full_decode(clips, args.clips)}
+    videos = VideoList([VideoEntry(str(q), 0) for q in paths])
+    rgb, clips = (VideoClips(videos, num_frames=args.frames, size=args.size, native_cut=mode)
+                  for mode in ("off", "auto"))
+    if clips.use_native:
+        rows = dict(zip(("pyav_1_process", "pyav_1_process_native_cut"), bench_pyav([rgb, clips], args.clips)))
+    else:
+        rows = {"pyav_1_process": bench_pyav([rgb], args.clips)[0]}
+    rows["full_decode_1_process"] = bench_full_decode(rgb, args.clips)
     if args.workers > 1:
         total = bench_loader(clips, args.workers, args.clips, args.batch)
         rows[f"pyav_{args.workers}_workers"] = total
@@ -157,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
                           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}
     for name, value in report["clips_per_s"].items():
         print(f"{name:<32} {value:8.2f} clips/s")
+    if "pyav_1_process_native_cut" in rows:
+        print(f"native cut: {1 - rows['pyav_1_process'] / rows['pyav_1_process_native_cut']:.1%} less time per clip")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ivn_fast.config import Config, build_config, validate
+from ivn_fast.config import AC_MODES, Config, build_config, validate
 from ivn_fast.models.attention import set_backend
 from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="clips per step (per GPU)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    parser.add_argument("--activation-checkpointing", default="none", choices=("none", "full", "selective"),
+    parser.add_argument("--activation-checkpointing", default="none", choices=AC_MODES,
                         help="activation checkpointing of the fast path (the eager baseline never uses it)")
     parser.add_argument("--json", type=Path, default=None, help="write the full results here")
     args = parser.parse_args(argv)

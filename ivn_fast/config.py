@@ -24,6 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+AC_MODES = ("none", "full", "selective", "op")  # train.activation_checkpointing (see train/parallelize.py)
 
 
 class ConfigError(ValueError):
@@ -156,6 +157,10 @@ class DataConfig:
     decoder: str = _f("auto", "video decoder: NVIDIA DALI on the GPU, PyAV in DataLoader workers on the CPU "
                               "(auto: DALI when a GPU and DALI are present)", ("auto", "pyav", "dali"))
     decode_threads: int = _f(1, "FFmpeg decoding threads per DataLoader worker (PyAV)")
+    native_cut: str = _f("auto", "cut PyAV clips of yuv420p video straight from the YUV planes with the native op "
+                                 "(csrc/yuv_cut.cpp, compiled on first use with the system C++ compiler), instead of "
+                                 "converting whole frames to RGB: auto uses it where it builds, on stops the run if it "
+                                 "cannot, off keeps the PyTorch path", ("auto", "on", "off"))
     max_bad_fraction: float = _f(0.01, "stop the run when more than this share of the sampled videos could not "
                                        "be read (judged after 256 samples); bad ones are replaced until then")
 
@@ -188,8 +193,9 @@ class TrainConfig:
                               "reference (auto: Triton on CUDA when importable, else torch)",
                       ("auto", "triton", "torch"))
     activation_checkpointing: str = _f("none", "recompute block activations in the backward instead of keeping "
-                                               "them: every repeated block (full) or every other one (selective)",
-                                       ("none", "full", "selective"))
+                                               "them: every repeated block (full), every other one (selective), "
+                                               "or every block's cheap elementwise work only, keeping its matrix "
+                                               "products and attention outputs (op)", AC_MODES)
     compile: bool = _f(False, "torch.compile each repeated block (encoder, predictor, decoder, teacher layers) "
                               "in place; one compiled graph per block type")
     shard_teacher: bool = _f(False, "with several processes, shard the frozen teacher's weights with FSDP2 like the "

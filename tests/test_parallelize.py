@@ -30,13 +30,13 @@ def _loss_and_grads(model, video, vis_idx):
     return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
 
-@pytest.mark.parametrize("mode", ["full", "selective"])
+@pytest.mark.parametrize("mode", ["full", "selective", "op"])
 def test_checkpointing_gives_the_same_loss_and_gradients(mode):
     model, video, vis_idx = _model_and_batch()
     wrapped = copy.deepcopy(model)
     blocks = len(list(repeated_blocks(wrapped)))
     count = checkpoint_blocks(wrapped, mode)
-    assert count == (blocks if mode == "full" else (blocks + 1) // 2)
+    assert count == ((blocks + 1) // 2 if mode == "selective" else blocks)
     assert list(wrapped.state_dict()) == list(model.state_dict())  # names unchanged
     ref, ref_grads = _loss_and_grads(model.train(), video, vis_idx)
     got, got_grads = _loss_and_grads(wrapped.train(), video, vis_idx)
@@ -49,7 +49,7 @@ def test_checkpointing_gives_the_same_loss_and_gradients(mode):
 
 def test_bad_mode_is_an_error():
     model, _, _ = _model_and_batch()
-    with pytest.raises(ValueError, match="none, full or selective"):
+    with pytest.raises(ValueError, match="none, full, selective, op"):
         checkpoint_blocks(model, "some")
 
 

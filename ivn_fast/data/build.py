@@ -35,7 +35,7 @@ def video_clips(cfg: Config, *, train: bool = True) -> VideoClips:
                         no_flip_sources=tuple(s.strip() for s in d.no_flip_sources.split(",")), seed=cfg.train.seed)
     return VideoClips(videos, num_frames=d.num_frames, size=d.size, sampling=d.sampling, stride=d.stride,
                       min_frames=d.min_frames, flip=d.flip, seed=cfg.train.seed, train=train,
-                      threads=d.decode_threads)
+                      threads=d.decode_threads, native_cut=d.native_cut)
 
 
 def pick_decoder(choice: str, device: torch.device) -> tuple[str, str]:
@@ -70,5 +70,6 @@ def build_train_data(cfg: Config, *, rank: int, world: int, start_step: int, dev
     if decoder != "synthetic":
         log.info("data: %d clips from %s, decoded by %s (%s)%s", len(dataset), d.train_list,
                  "DALI" if decoder == "dali" else "PyAV", why,
-                 f" in {d.num_workers} worker process(es) x {d.decode_threads} thread(s)" if decoder == "pyav" else "")
+                 f" in {d.num_workers} worker process(es) x {d.decode_threads} thread(s), "
+                 f"{'native YUV' if dataset.use_native else 'PyTorch'} cut" if decoder == "pyav" else "")
     return TrainData(batches, pictures, SkipCounter(d.max_bad_fraction, run_total=sum_over_ranks))

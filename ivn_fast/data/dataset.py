@@ -8,6 +8,10 @@ the sample (ivn_fast.data.health counts it in the main process).
 
 At test time (train=False) every video gives segments x crops clips: temporal view s and
 spatial view c of video i is item (i * segments + s) * crops + c.
+
+With native_cut (auto: where it builds; on: fail here if it cannot), clips of yuv420p frames are
+cut straight from their YUV planes by ivn_fast.data.native, skipping the RGB conversion of
+whole frames; other frames, and native_cut off, go through RGB and augment.cut.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ivn_fast.data import native
 from ivn_fast.data.augment import Crop, cut, multiscale_crop, view_crop
 from ivn_fast.data.health import BadVideo, encode_skips
 from ivn_fast.data.lists import VideoList
@@ -47,9 +52,14 @@ class VideoClips(Dataset):
 
     def __init__(self, videos: VideoList, *, num_frames: int, size: int, sampling: str = "sparse", stride: int = 1,
                  min_frames: int = 1, flip: bool = True, seed: int = 0, train: bool = True, segments: int = 1,
-                 crops: int = 1, threads: int = 1):
+                 crops: int = 1, threads: int = 1, native_cut: str = "auto"):
         if min(num_frames, size, stride, min_frames, segments, crops) < 1:
             raise ValueError("num_frames, size, stride, min_frames, segments and crops must be >= 1")
+        if native_cut not in ("auto", "on", "off"):
+            raise ValueError(f"native_cut must be auto, on or off, not {native_cut!r}")
+        if native_cut == "on":
+            native.load()  # raises NativeUnavailable, saying why
+        self.use_native = native_cut != "off" and native.available()
         self.videos, self.num_frames, self.size = videos, num_frames, size
         self.sampling, self.stride, self.min_frames, self.flip = sampling, stride, min_frames, flip
         self.seed, self.train, self.threads = seed, train, threads
@@ -92,8 +102,11 @@ class VideoClips(Dataset):
                 video.check_reaches(int(frames.max()))
                 crop = self._crop(video.height, video.width, index, epoch, view)
                 return Plan(index, path, frames, crop, video.codec, [])
-            pixels = torch.from_numpy(video.read(frames))
-        return cut(pixels, self._crop(pixels.shape[1], pixels.shape[2], index, epoch, view), self.size)
+            pixels = video.read(frames, yuv=self.use_native)
+        if isinstance(pixels, native.YUV420):
+            return native.cut_yuv420(pixels, self._crop(*pixels.shape, index, epoch, view), self.size)
+        rgb = torch.from_numpy(pixels)
+        return cut(rgb, self._crop(rgb.shape[1], rgb.shape[2], index, epoch, view), self.size)
 
     def clip(self, index: int, epoch: int = 0, view: int = 0) -> torch.Tensor:
         """Video `index`'s clip, without replacement: raises BadVideo when the file cannot give one."""

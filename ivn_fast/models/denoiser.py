@@ -8,6 +8,7 @@ The elementwise pieces (`timestep_embedding`, `layer_norm_modulate`, `gated_resi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ivn_kernels.diffusion import gated_residual, layer_norm_modulate, timestep_embedding
@@ -19,19 +20,18 @@ def _mlp(dim_in: int, dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim_in, dim), nn.SiLU(), nn.Linear(dim, dim))
 
 
-def _ada(width: int, chunks: int) -> nn.Sequential:
-    return nn.Sequential(nn.SiLU(), nn.Linear(width, chunks * width))
-
-
 class AdaLNBlock(nn.Module):
+    """`c` is the activated condition SiLU(y), computed once for all blocks: each block used to
+    apply the same SiLU itself and keep its own copy of the result for backward."""
+
     def __init__(self, width: int):
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.mlp = _mlp(width, width)
-        self.ada = _ada(width, 3)
+        self.ada = nn.Linear(width, 3 * width)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.ada(y).chunk(3, dim=-1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(c).chunk(3, dim=-1)
         h = layer_norm_modulate(x, self.norm.weight, self.norm.bias, shift, scale, self.norm.eps)
         return gated_residual(x, gate, self.mlp(h))
 
@@ -40,11 +40,11 @@ class FinalLayer(nn.Module):
     def __init__(self, width: int, out_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
-        self.ada = _ada(width, 2)
+        self.ada = nn.Linear(width, 2 * width)
         self.proj = nn.Linear(width, out_dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.ada(y).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
         return self.proj(layer_norm_modulate(x, None, None, shift, scale, self.norm.eps))
 
 
@@ -72,13 +72,13 @@ class MLPDenoiser(nn.Module):
                 nn.init.zeros_(m.bias)
         for lin in (self.t_embed[0], self.t_embed[2]):
             nn.init.normal_(lin.weight, std=0.02)
-        for lin in [b.ada[1] for b in self.blocks] + [self.final.ada[1], self.final.proj]:
+        for lin in [b.ada for b in self.blocks] + [self.final.ada, self.final.proj]:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = self.t_embed(timestep_embedding(t, self.freq_dim)) + self.c_proj(z)
+        c = F.silu(self.t_embed(timestep_embedding(t, self.freq_dim)) + self.c_proj(z))
         h = self.in_proj(x)
         for block in self.blocks:
-            h = block(h, y)
-        return self.final(h, y)
+            h = block(h, c)
+        return self.final(h, c)

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from ivn_fast.config import AC_MODES
+
+# ops whose outputs `op` checkpointing keeps: the expensive ones to recompute
+_SAVED_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+              torch.ops.aten.baddbmm.default}
 
 
 def repeated_blocks(model: nn.Module) -> Iterator[nn.Module]:
@@ -22,15 +29,27 @@ def repeated_blocks(model: nn.Module) -> Iterator[nn.Module]:
             yield from repeated_blocks(child)
 
 
+def _keep_products(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    """Keep matrix products and attention, recompute the rest (norms, activations, residuals)."""
+    if op in _SAVED_OPS or "attention" in str(op) or "flash" in str(op):
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
 def checkpoint_blocks(model: nn.Module, mode: str) -> int:
-    """Wrap the forward of every block (full) or every other block (selective) in non-reentrant
-    activation checkpointing, in place (parameter names unchanged); returns how many."""
-    if mode not in ("none", "full", "selective"):
-        raise ValueError(f"activation checkpointing must be none, full or selective, got {mode!r}")
+    """Wrap the forward of blocks in non-reentrant activation checkpointing, in place (parameter
+    names unchanged), and return how many: every block (full), every other block (selective), or
+    every block keeping its matrix products and attention outputs so that only the cheap
+    elementwise work is recomputed (op)."""
+    if mode not in AC_MODES:
+        raise ValueError(f"activation checkpointing must be one of {', '.join(AC_MODES)}, got {mode!r}")
+    options = {"use_reentrant": False}
+    if mode == "op":
+        options["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_products)
     count = 0
     for i, block in enumerate(repeated_blocks(model) if mode != "none" else ()):
-        if mode == "full" or i % 2 == 0:
-            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+        if mode != "selective" or i % 2 == 0:
+            block.forward = functools.partial(checkpoint, block.forward, **options)
             count += 1
     return count
 
