@@ -1,7 +1,7 @@
 """Memory of one Stage 1 train step, measured on the CPU and projected to a GPU's batch.
 
     python -m bench.memory [--row b8-align-diffusion] [--batches 1,2] [--per-gpu-batch 32]
-        [--activation-checkpointing none|full|selective|op] [--compile] [--json OUT]
+        [--activation-checkpointing none|full|selective|op] [--json OUT]
 
 The row is one of bench.report's (real shapes, random weights) run in bf16 autocast as on a
 GPU. Memory is counted from tensor storages, not from an allocator, so any device can answer:
@@ -16,15 +16,20 @@ GPU. Memory is counted from tensor storages, not from an allocator, so any devic
 - saved by module: the bytes autograd keeps for backward, by the module that saved them (what
   activation checkpointing trades for recomputation; blocks already checkpointed show only
   what their checkpoint keeps outside the block).
-The CPU runs the PyTorch references of the Triton ops and SDPA's CPU flash kernel (which keeps
-its output and log-sum-exp, like flash attention), and no allocator fragmentation is counted:
-the projection plans a run, bench.report's peak on the GPU is the measurement.
+This is the eager step (a dispatch mode and compiled blocks do not mix): compiled blocks keep
+less, as the compiler recomputes some elementwise work itself. The CPU runs the PyTorch
+references of the Triton ops and SDPA's CPU flash kernel (which keeps its output and log-sum-exp,
+like flash attention), its teacher is float32 (bf16 on a GPU: half the weights), and no allocator
+fragmentation is counted: the projection plans a run, bench.report's peak on the GPU is the
+measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -123,12 +128,11 @@ def _bytes(tensors: Any) -> int:
     return sum(t.untyped_storage().nbytes() for t in tree_flatten(tensors)[0] if isinstance(t, torch.Tensor))
 
 
-def measure(row: str, batches: list[int], checkpointing: str, compile_blocks: bool, depth: int,
-            root: Path) -> dict[str, Any]:
+def measure(row: str, batches: list[int], checkpointing: str, depth: int, root: Path) -> dict[str, Any]:
     """Fixed bytes, the step peak at each batch, and the saved bytes by module at the last batch."""
     out: dict[str, Any] = {"step_peak": {}, "kept_after_forward": {}}
     for batch in batches:
-        cfg = row_config(row, batch, compile_blocks, root / "teachers", torch.device("cpu"), str(root / f"run{batch}"))
+        cfg = row_config(row, batch, False, root / "teachers", torch.device("cpu"), str(root / f"run{batch}"))
         cfg.train.precision, cfg.train.kernels, cfg.train.attention = "bf16", "torch", "sdpa"
         cfg.train.activation_checkpointing = checkpointing
         set_backend(cfg.train.attention)
@@ -136,7 +140,7 @@ def measure(row: str, batches: list[int], checkpointing: str, compile_blocks: bo
         trainer = Trainer(cfg, World())
         video = torch.randn(batch, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size,
                             generator=torch.Generator().manual_seed(0))
-        trainer.train_step(video)  # optimiser state exists from here on; compilation happens here
+        trainer.train_step(video)  # optimiser state exists from here on
         trainer.optimizer.zero_grad(set_to_none=True)
         out["fixed"] = {"parameters": _bytes(list(trainer.model.parameters())),
                         "optimizer_state": _bytes([s for s in trainer.optimizer.state.values()]),
@@ -200,22 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-gpu-batch", type=int, default=32, help="clips per GPU the step is projected to")
     parser.add_argument("--activation-checkpointing", default="none", choices=AC_MODES,
                         help="train.activation_checkpointing of the measured step")
-    parser.add_argument("--compile", action="store_true", help="compile each block as the fast path does "
-                                                                "(minutes on a CPU)")
     parser.add_argument("--depth", type=int, default=2, help="dotted name parts modules are grouped by")
     parser.add_argument("--json", type=Path, default=None, help="write the measurement and projection here")
     args = parser.parse_args(argv)
     batches = sorted({int(b) for b in args.batches.split(",")})
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.row, batches, args.activation_checkpointing, args.compile, args.depth, Path(tmp))
+        result = measure(args.row, batches, args.activation_checkpointing, args.depth, Path(tmp))
     proj = project(result, args.per_gpu_batch)
-    print(f"{args.row}, activation checkpointing {args.activation_checkpointing}"
-          f"{', compiled blocks' if args.compile else ''}: measured at batches {batches} on the CPU")
+    print(f"{args.row}, activation checkpointing {args.activation_checkpointing}: measured at batches {batches} "
+          "on the CPU")
     print(format_report(result, proj, args.per_gpu_batch, batches[-1]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"row": args.row, "activation_checkpointing": args.activation_checkpointing,
-                                         "compile": args.compile, "per_gpu_batch": args.per_gpu_batch,
+        args.json.write_text(json.dumps({"command": "python -m bench.memory " + " ".join(
+                                             sys.argv[1:] if argv is None else argv),
+                                         "device": platform.processor() or platform.machine(), "torch": torch.__version__,
+                                         "row": args.row, "activation_checkpointing": args.activation_checkpointing,
+                                         "per_gpu_batch": args.per_gpu_batch,
                                          **proj, "measured": result}, indent=2) + "\n")
     return 0
 

@@ -42,7 +42,7 @@ def test_saved_bytes_by_module_leave_out_parameters():
 def test_checkpointing_modes_order_what_forward_keeps(tmp_path):
     kept = {}
     for mode in ("none", "op", "full"):
-        result = measure("tiny", [2], mode, False, 2, tmp_path / mode)
+        result = measure("tiny", [2], mode, 2, tmp_path / mode)
         kept[mode] = result["kept_after_forward"][2]
         assert result["step_peak"][2] >= kept[mode]
     assert kept["full"] < kept["op"] < kept["none"], kept
