@@ -4,7 +4,7 @@ checkpointing), per-block compile, (FSDP2). Models know nothing about them."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -43,15 +43,25 @@ def checkpoint_blocks(model: nn.Module, mode: str) -> int:
     elementwise work is recomputed (op)."""
     if mode not in AC_MODES:
         raise ValueError(f"activation checkpointing must be one of {', '.join(AC_MODES)}, got {mode!r}")
-    options = {"use_reentrant": False}
+    options: dict[str, Any] = {"use_reentrant": False}
     if mode == "op":
         options["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_products)
     count = 0
     for i, block in enumerate(repeated_blocks(model) if mode != "none" else ()):
         if mode != "selective" or i % 2 == 0:
-            block.forward = functools.partial(checkpoint, block.forward, **options)
+            block.forward = _checkpointed(block.forward, options)
             count += 1
     return count
+
+
+def _checkpointed(forward: Callable[..., Any], options: dict[str, Any]) -> Callable[..., Any]:
+    """`forward` under checkpointing, as a plain function: torch.compile traces a call to
+    `checkpoint` made inside it (a functools.partial of `checkpoint` would stay uncompiled)."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return checkpoint(forward, *args, **options, **kwargs)
+
+    return run
 
 
 def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
