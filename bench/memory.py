@@ -1,7 +1,7 @@
 """Memory of one Stage 1 train step, measured on the CPU and projected to a GPU's batch.
 
     python -m bench.memory [--row b8-align-diffusion] [--batches 1,2] [--per-gpu-batch 32]
-        [--activation-checkpointing none|full|selective|op] [--json OUT]
+        [--activation-checkpointing none|full|selective|op] [--compile] [--json OUT]
 
 The row is one of bench.report's (real shapes, random weights) run in bf16 autocast as on a
 GPU. Memory is counted from tensor storages, not from an allocator, so any device can answer:
@@ -16,8 +16,10 @@ GPU. Memory is counted from tensor storages, not from an allocator, so any devic
 - saved by module: the bytes autograd keeps for backward, by the module that saved them (what
   activation checkpointing trades for recomputation; blocks already checkpointed show only
   what their checkpoint keeps outside the block).
-This is the eager step (a dispatch mode and compiled blocks do not mix): compiled blocks keep
-less, as the compiler recomputes some elementwise work itself. The CPU runs the PyTorch
+The peak is that of the eager step: under a dispatch mode compiled blocks run eagerly. With
+--compile only the saved-for-backward breakdown is measured, of the blocks compiled as the fast
+path compiles them (they keep less: the compiler recomputes some elementwise work itself). The
+CPU runs the PyTorch
 references of the Triton ops and SDPA's CPU flash kernel (which keeps its output and log-sum-exp,
 like flash attention), its teacher is float32 (bf16 on a GPU: half the weights), and no allocator
 fragmentation is counted: the projection plans a run, bench.report's peak on the GPU is the
@@ -128,11 +130,13 @@ def _bytes(tensors: Any) -> int:
     return sum(t.untyped_storage().nbytes() for t in tree_flatten(tensors)[0] if isinstance(t, torch.Tensor))
 
 
-def measure(row: str, batches: list[int], checkpointing: str, depth: int, root: Path) -> dict[str, Any]:
-    """Fixed bytes, the step peak at each batch, and the saved bytes by module at the last batch."""
+def measure(row: str, batches: list[int], checkpointing: str, depth: int, root: Path,
+            compiled: bool = False) -> dict[str, Any]:
+    """Fixed bytes, the step peak at each batch (not when compiled), and the saved bytes by module
+    at the last batch."""
     out: dict[str, Any] = {"step_peak": {}, "kept_after_forward": {}}
-    for batch in batches:
-        cfg = row_config(row, batch, False, root / "teachers", torch.device("cpu"), str(root / f"run{batch}"))
+    for batch in batches[-1:] if compiled else batches:
+        cfg = row_config(row, batch, compiled, root / "teachers", torch.device("cpu"), str(root / f"run{batch}"))
         cfg.train.precision, cfg.train.kernels, cfg.train.attention = "bf16", "torch", "sdpa"
         cfg.train.activation_checkpointing = checkpointing
         set_backend(cfg.train.attention)
@@ -140,20 +144,21 @@ def measure(row: str, batches: list[int], checkpointing: str, depth: int, root: 
         trainer = Trainer(cfg, World())
         video = torch.randn(batch, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size,
                             generator=torch.Generator().manual_seed(0))
-        trainer.train_step(video)  # optimiser state exists from here on
+        trainer.train_step(video)  # optimiser state exists from here on (compiled: the first compilation)
         trainer.optimizer.zero_grad(set_to_none=True)
-        out["fixed"] = {"parameters": _bytes(list(trainer.model.parameters())),
-                        "optimizer_state": _bytes([s for s in trainer.optimizer.state.values()]),
-                        "teacher": _bytes(list(trainer.task.teacher.parameters()))}
-        live = LiveBytes()
-        with live:
-            with trainer._autocast():
-                terms = trainer.task.losses(trainer.model, video)
-            out["kept_after_forward"][batch] = live.live
-            terms["loss"].backward()
-            del terms
-        out["step_peak"][batch] = live.peak
-        trainer.optimizer.zero_grad(set_to_none=True)
+        if not compiled:
+            out["fixed"] = {"parameters": _bytes(list(trainer.model.parameters())),
+                            "optimizer_state": _bytes([s for s in trainer.optimizer.state.values()]),
+                            "teacher": _bytes(list(trainer.task.teacher.parameters()))}
+            live = LiveBytes()
+            with live:
+                with trainer._autocast():
+                    terms = trainer.task.losses(trainer.model, video)
+                out["kept_after_forward"][batch] = live.live
+                terms["loss"].backward()
+                del terms
+            out["step_peak"][batch] = live.peak
+            trainer.optimizer.zero_grad(set_to_none=True)
         saved = SavedBytes(trainer.model, depth)
         with saved.recording(), trainer._autocast():
             trainer.task.losses(trainer.model, video)
@@ -179,13 +184,15 @@ def project(result: dict[str, Any], batch: int) -> dict[str, float]:
             "per_clip_gb": slope / 1e9, "projected_peak_gb": (fixed + max(step, kept)) / 1e9}
 
 
-def format_report(result: dict[str, Any], proj: dict[str, float], batch: int, measured: int) -> str:
-    fixed = ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.2f} GB" for k, v in result["fixed"].items())
-    lines = [f"fixed: {fixed}",
-             f"kept after forward at batch {batch}: {proj['kept_after_forward_gb']:.2f} GB",
-             f"step peak at batch {batch}: {proj['step_peak_gb']:.2f} GB ({proj['per_clip_gb']:.3f} GB per clip)",
-             f"projected peak at batch {batch}: {proj['projected_peak_gb']:.2f} GB", "",
-             f"{f'saved for backward, by module':<40}{f'GB at batch {batch}':>18}"]
+def format_report(result: dict[str, Any], proj: dict[str, float] | None, batch: int, measured: int) -> str:
+    lines = []
+    if proj is not None:
+        fixed = ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.2f} GB" for k, v in result["fixed"].items())
+        lines += [f"fixed: {fixed}",
+                  f"kept after forward at batch {batch}: {proj['kept_after_forward_gb']:.2f} GB",
+                  f"step peak at batch {batch}: {proj['step_peak_gb']:.2f} GB ({proj['per_clip_gb']:.3f} GB per clip)",
+                  f"projected peak at batch {batch}: {proj['projected_peak_gb']:.2f} GB"]
+    lines += ["", f"{f'saved for backward, by module':<40}{f'GB at batch {batch}':>18}"]
     scale = batch / measured
     for name, b in sorted(result["saved_by_module"].items(), key=lambda kv: -kv[1]):
         if b * scale >= 1e7:
@@ -204,15 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-gpu-batch", type=int, default=32, help="clips per GPU the step is projected to")
     parser.add_argument("--activation-checkpointing", default="none", choices=AC_MODES,
                         help="train.activation_checkpointing of the measured step")
+    parser.add_argument("--compile", action="store_true", help="compile each block as the fast path does and "
+                                                                "measure only what is saved for backward")
     parser.add_argument("--depth", type=int, default=2, help="dotted name parts modules are grouped by")
     parser.add_argument("--json", type=Path, default=None, help="write the measurement and projection here")
     args = parser.parse_args(argv)
     batches = sorted({int(b) for b in args.batches.split(",")})
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.row, batches, args.activation_checkpointing, args.depth, Path(tmp))
-    proj = project(result, args.per_gpu_batch)
-    print(f"{args.row}, activation checkpointing {args.activation_checkpointing}: measured at batches {batches} "
-          "on the CPU")
+        result = measure(args.row, batches, args.activation_checkpointing, args.depth, Path(tmp), args.compile)
+    proj = None if args.compile else project(result, args.per_gpu_batch)
+    print(f"{args.row}, activation checkpointing {args.activation_checkpointing}"
+          f"{', compiled blocks' if args.compile else ''}: measured at batches "
+          f"{batches[-1:] if args.compile else batches} on the CPU")
     print(format_report(result, proj, args.per_gpu_batch, batches[-1]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                                              sys.argv[1:] if argv is None else argv),
                                          "device": platform.processor() or platform.machine(), "torch": torch.__version__,
                                          "row": args.row, "activation_checkpointing": args.activation_checkpointing,
-                                         "per_gpu_batch": args.per_gpu_batch,
-                                         **proj, "measured": result}, indent=2) + "\n")
+                                         "compile": args.compile, "per_gpu_batch": args.per_gpu_batch,
+                                         **(proj or {}), "saved_gb": sum(result["saved_by_module"].values())
+                                         * args.per_gpu_batch / batches[-1] / 1e9, "measured": result},
+                                        indent=2) + "\n")
     return 0
 
 

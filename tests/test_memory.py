@@ -64,3 +64,13 @@ def test_projection_is_linear_in_clips(tmp_path, capsys):
     assert project({"step_peak": {1: 10, 3: 11}, "kept_after_forward": {1: 4, 3: 8}, "fixed": {"parameters": 5}},
                    5)["projected_peak_gb"] == 17e-9
     assert "projected peak at batch 4" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compiled_blocks_report_what_they_save(tmp_path, capsys):
+    out = tmp_path / "memory.json"
+    assert main(["--row", "tiny", "--batches", "2", "--per-gpu-batch", "4", "--compile",
+                 "--activation-checkpointing", "op", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["compile"] and record["saved_gb"] > 0 and "projected_peak_gb" not in record
+    assert "compiled blocks" in capsys.readouterr().out
