@@ -152,18 +152,19 @@ def measure(row: str, batches: list[int], checkpointing: str, depth: int, root: 
                             "teacher": _bytes(list(trainer.task.teacher.parameters()))}
             live = LiveBytes()
             with live:
-                with trainer._autocast():
+                with trainer.autocast():
                     terms = trainer.task.losses(trainer.model, video)
                 out["kept_after_forward"][batch] = live.live
                 terms["loss"].backward()
                 del terms
             out["step_peak"][batch] = live.peak
             trainer.optimizer.zero_grad(set_to_none=True)
-        saved = SavedBytes(trainer.model, depth)
-        with saved.recording(), trainer._autocast():
-            trainer.task.losses(trainer.model, video)
-        out["saved_by_module"] = dict(saved.by_module)
-        out["weight_copies"] = saved.weight_copies
+        if batch == batches[-1]:
+            saved = SavedBytes(trainer.model, depth)
+            with saved.recording(), trainer.autocast():
+                trainer.task.losses(trainer.model, video)
+            out["saved_by_module"] = dict(saved.by_module)
+            out["weight_copies"] = saved.weight_copies
         del trainer
     return out
 

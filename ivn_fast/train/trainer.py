@@ -139,14 +139,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def forward_backward_step(self, video: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
         """Loss terms and whether they were finite on every rank (only then is there a backward)."""
-        with self._autocast():
+        with self.autocast():
             terms = self.task.losses(self.model, video)
         finite = all_finite(terms["loss"])
         if finite:
@@ -186,7 +186,7 @@ class Trainer:
         the first one draws it."""
         devices = [self.device] if self.device.type == "cuda" else []
         self.model.eval()
-        with torch.random.fork_rng(devices=devices), self._autocast():
+        with torch.random.fork_rng(devices=devices), self.autocast():
             rows = self.task.reconstruct(self.model, self.data.picture_batch.to(self.device))
         self.model.train()
         if self.world.is_main:
