@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a fresh GPU machine with torch and triton installed:
-#   bench/gpu_all.sh [kernels] [train] [report-ablation] [report-ac] [report-final] [bench]   (default: all)
+#   bench/gpu_all.sh [kernels] [train] [report-ablation] [report-ac] [report-bf16-decoder] [report-final] [bench]
+#   (default: all)
 # Results (JSON and logs) go to $OUT (default bench/results); each part keeps going if another fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,7 @@ OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(kernels train report-ablation report-ac report-final bench)
+parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(kernels train report-ablation report-ac report-bf16-decoder report-final bench)
 python - <<'PY' | tee "$OUT/device.txt"
 import torch, triton, platform
 print(torch.cuda.get_device_name(), "| torch", torch.__version__, "| triton", triton.__version__, "| python",
@@ -28,6 +29,10 @@ for part in "${parts[@]}"; do
     report-ac) for mode in op selective full; do python -m bench.report --rows b8-align-diffusion --steps 6 \
                  --activation-checkpointing "$mode" --json "$OUT/report-ac-$mode.json" 2>&1 \
                  | tee "$OUT/report-ac-$mode.log"; done ;;
+    # the same row with the diffusion head's products in bf16 (float32 residual stream), without and with op
+    report-bf16-decoder) for mode in none op; do python -m bench.report --rows b8-align-diffusion --steps 6 \
+                 --activation-checkpointing "$mode" --set model.decoder.fp32=false \
+                 --json "$OUT/report-bf16-decoder-$mode.json" 2>&1 | tee "$OUT/report-bf16-decoder-$mode.log"; done ;;
     # 16-frame Stage 1 needs batch 16 on 80 GB without activation checkpointing; 32-frame Stage 2 batch 8
     report-final) python -m bench.report --rows b16-stage1,l16-stage1 --batch 16 --json "$OUT/report-final.json" \
                     2>&1 | tee "$OUT/report-final.log" && python -m bench.report --rows b32-stage2 --batch 8 \

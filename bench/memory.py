@@ -1,7 +1,7 @@
 """Memory of one Stage 1 train step, measured on the CPU and projected to a GPU's batch.
 
     python -m bench.memory [--row b8-align-diffusion] [--batches 1,2] [--per-gpu-batch 32]
-        [--activation-checkpointing none|full|selective|op] [--compile] [--json OUT]
+        [--activation-checkpointing none|full|selective|op] [--compile] [--set KEY=VALUE] [--json OUT]
 
 The row is one of bench.report's (real shapes, random weights) run in bf16 autocast as on a
 GPU. Memory is counted from tensor storages, not from an allocator, so any device can answer:
@@ -45,8 +45,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from bench.report import ROWS, row_config
-from ivn_fast.config import AC_MODES
+from bench.report import ROWS, SET_HELP, config_sets, row_config
+from ivn_fast.config import AC_MODES, ConfigError
 from ivn_fast.models.attention import set_backend
 from ivn_fast.train.distributed import World
 from ivn_fast.train.trainer import Trainer
@@ -131,12 +131,13 @@ def _bytes(tensors: Any) -> int:
 
 
 def measure(row: str, batches: list[int], checkpointing: str, depth: int, root: Path,
-            compiled: bool = False) -> dict[str, Any]:
+            compiled: bool = False, sets: dict | None = None) -> dict[str, Any]:
     """Fixed bytes, the step peak at each batch (not when compiled), and the saved bytes by module
     at the last batch."""
     out: dict[str, Any] = {"step_peak": {}, "kept_after_forward": {}}
     for batch in batches[-1:] if compiled else batches:
-        cfg = row_config(row, batch, compiled, root / "teachers", torch.device("cpu"), str(root / f"run{batch}"))
+        cfg = row_config(row, batch, compiled, root / "teachers", torch.device("cpu"), str(root / f"run{batch}"),
+                         sets=sets)
         cfg.train.precision, cfg.train.kernels, cfg.train.attention = "bf16", "torch", "sdpa"
         cfg.train.activation_checkpointing = checkpointing
         set_backend(cfg.train.attention)
@@ -215,11 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="compile each block as the fast path does and "
                                                                 "measure only what is saved for backward")
     parser.add_argument("--depth", type=int, default=2, help="dotted name parts modules are grouped by")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     parser.add_argument("--json", type=Path, default=None, help="write the measurement and projection here")
     args = parser.parse_args(argv)
+    try:
+        sets = config_sets(args.set)
+    except ConfigError as e:
+        parser.error(str(e))
     batches = sorted({int(b) for b in args.batches.split(",")})
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.row, batches, args.activation_checkpointing, args.depth, Path(tmp), args.compile)
+        result = measure(args.row, batches, args.activation_checkpointing, args.depth, Path(tmp), args.compile, sets)
     proj = None if args.compile else project(result, args.per_gpu_batch)
     print(f"{args.row}, activation checkpointing {args.activation_checkpointing}"
           f"{', compiled blocks' if args.compile else ''}: measured at batches "
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                                              sys.argv[1:] if argv is None else argv),
                                          "device": platform.processor() or platform.machine(), "torch": torch.__version__,
                                          "row": args.row, "activation_checkpointing": args.activation_checkpointing,
-                                         "compile": args.compile, "per_gpu_batch": args.per_gpu_batch,
+                                         "compile": args.compile, "set": args.set,
+                                         "per_gpu_batch": args.per_gpu_batch,
                                          **(proj or {}), "saved_gb": sum(result["saved_by_module"].values())
                                          * args.per_gpu_batch / batches[-1] / 1e9, "measured": result},
                                         indent=2) + "\n")

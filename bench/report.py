@@ -1,6 +1,6 @@
 """Stage 1 step report: the fast path beside the eager baseline of the same step, in one process.
 
-    python -m bench.report [--rows NAME,...] [--batch 32] [--steps 10] [--json OUT]
+    python -m bench.report [--rows NAME,...] [--batch 32] [--steps 10] [--set KEY=VALUE] [--json OUT]
 
 Each row builds the real trainer for a paper setting (teacher and predictor with random
 weights of the real shapes, so nothing is downloaded), times `Trainer.train_step` on a fixed
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ivn_fast.config import AC_MODES, Config, build_config, validate
+from ivn_fast.config import AC_MODES, Config, ConfigError, build_config, set_dotted, validate
 from ivn_fast.models.attention import set_backend
 from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World
@@ -73,11 +73,27 @@ def random_teacher(name: str, root: Path, device: torch.device) -> str:
     return str(out)
 
 
+def config_sets(items: list[str]) -> dict:
+    """`--set model.decoder.fp32=false` items -> a config tree (values read by their field's type)."""
+    tree: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set: expected KEY=VALUE, got {item!r}")
+        set_dotted(tree, key, value)
+    return tree
+
+
+SET_HELP = ("a config field over the row's own settings, e.g. model.decoder.fp32=false (repeatable); "
+            "compile, kernels, attention and checkpointing keep this tool's settings")
+
+
 def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: torch.device, out_dir: str,
-               checkpointing: str = "none", stage: int | None = None) -> Config:
-    """The row's config on the chosen path; `stage=1` gives the Stage 1 run a Stage 2 row starts from."""
+               checkpointing: str = "none", stage: int | None = None, sets: dict | None = None) -> Config:
+    """The row's config on the chosen path, with `sets` over the row's settings; `stage=1` gives
+    the Stage 1 run a Stage 2 row starts from."""
     preset, overrides, _, _ = ROWS[name]
-    cfg = build_config(preset, overrides if stage is None else {"train": {"stage": stage}})
+    cfg = build_config(preset, overrides if stage is None else {"train": {"stage": stage}}, sets or {})
     teacher = Path(cfg.model.teacher.path).name
     if teacher in TEACHER_SHAPES:
         cfg.model.teacher.path = random_teacher(teacher, teacher_root, device)
@@ -92,16 +108,17 @@ def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: to
     cfg.data.num_workers, cfg.data.synthetic_videos = 0, max(batch, 8)
     cfg.output_dir = out_dir
     if cfg.train.stage == 2:
-        cfg.stage2.init = stage1_checkpoint(name, batch, teacher_root, device, Path(out_dir).parent)
+        cfg.stage2.init = stage1_checkpoint(name, batch, teacher_root, device, Path(out_dir).parent, sets)
     validate(cfg)
     return cfg
 
 
-def stage1_checkpoint(name: str, batch: int, teacher_root: Path, device: torch.device, root: Path) -> str:
+def stage1_checkpoint(name: str, batch: int, teacher_root: Path, device: torch.device, root: Path,
+                      sets: dict | None = None) -> str:
     """A step-0 Stage 1 checkpoint of the row's shapes (random weights), written once per row."""
     out = root / f"stage1-of-{name}"
     if not (out / "checkpoints").is_dir():
-        cfg = row_config(name, batch, False, teacher_root, device, str(out), stage=1)
+        cfg = row_config(name, batch, False, teacher_root, device, str(out), stage=1, sets=sets)
         trainer = Trainer(cfg, World())
         trainer.save()
         del trainer
@@ -174,10 +191,10 @@ def matmul_peak(device: torch.device) -> float:
 def run_row(name: str, args: argparse.Namespace, device: torch.device, peak: float, root: Path) -> dict[str, Any]:
     _, _, schedule_clips, paper = ROWS[name]
     row: dict[str, Any] = {"row": name, "batch": args.batch, "fast_activation_checkpointing":
-                           args.activation_checkpointing, **paper}
+                           args.activation_checkpointing, "set": args.set, **paper}
     for variant, fast in (("eager", False), ("fast", True)):
         cfg = row_config(name, args.batch, fast, root / "teachers", device, str(root / f"run-{name}-{variant}"),
-                         args.activation_checkpointing)
+                         args.activation_checkpointing, sets=config_sets(args.set))
         try:
             row[variant] = measure_step(cfg, args.steps, args.warmup, count_flops=not fast)
         except torch.OutOfMemoryError as e:
@@ -228,8 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--activation-checkpointing", default="none", choices=AC_MODES,
                         help="activation checkpointing of the fast path (the eager baseline never uses it)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=SET_HELP)
     parser.add_argument("--json", type=Path, default=None, help="write the full results here")
     args = parser.parse_args(argv)
+    try:
+        config_sets(args.set)
+    except ConfigError as e:
+        parser.error(str(e))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = args.rows.split(",") if args.rows else ([n for n in ROWS if n != "tiny"] if device.type == "cuda"
                                                     else ["tiny"])

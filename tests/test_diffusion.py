@@ -291,6 +291,70 @@ def test_fp32_head_ignores_autocast_and_batch_mul_repeats_rows():
     torch.testing.assert_close(seen[0], x.repeat(3, 1))
 
 
+def _bf16_twin(dec: DiffusionDecoder) -> DiffusionDecoder:
+    twin = DiffusionDecoder(z_dim=dec.net.c_proj.in_features, target_dim=dec.target_dim,
+                            width=dec.net.in_proj.out_features, depth=len(dec.net.blocks), fp32=False)
+    twin.load_state_dict(dec.state_dict())
+    return twin
+
+
+def test_bf16_head_keeps_a_float32_residual_stream():
+    """Under bf16 autocast the bf16 head runs its products in bf16, hands float32 between blocks,
+    and gives the float32 head's loss and gradients to bf16 accuracy."""
+    torch.manual_seed(0)
+    dec = DiffusionDecoder(z_dim=16, target_dim=24, width=64, depth=3)
+    with torch.no_grad():  # off the zero init, so every block and product matters
+        for p in dec.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    twin = _bf16_twin(dec)
+    z, x = torch.randn(256, 16), torch.randn(256, 24)
+    dtypes = []
+    for block in twin.net.blocks:
+        block.register_forward_hook(lambda m, args, out: dtypes.append((out.dtype, m.mlp[2].weight.dtype)))
+        block.mlp.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+
+    def loss_and_grads(d: DiffusionDecoder) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = d.loss(z, x)
+        return loss, torch.autograd.grad(loss, list(d.parameters()))
+
+    ref, ref_grads = loss_and_grads(dec)
+    got, got_grads = loss_and_grads(twin)
+    assert dtypes == [torch.bfloat16, (torch.float32, torch.float32)] * 3
+    assert got.dtype == torch.float32
+    assert abs(got.item() - ref.item()) < 1e-2 * ref.item()
+    for a, b in zip(got_grads, ref_grads):
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
+def test_bf16_head_trains_like_the_float32_head():
+    """The same 200-step fit in float32 and under bf16 autocast: equal loss curves (windowed
+    means within 1%), the evidence a bf16 decoder has to give."""
+    torch.manual_seed(0)
+    codes, proj = torch.randn(64, 16), torch.randn(16, 48) / 4
+    curves = []
+    for fp32 in (True, False):
+        torch.manual_seed(1)
+        dec = DiffusionDecoder(z_dim=16, target_dim=48, width=128, depth=3, fp32=fp32)
+        opt = torch.optim.AdamW(dec.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(2)
+        losses = []
+        for _ in range(200):
+            k = torch.randint(0, 64, (256,), generator=g)
+            target = torch.tanh(codes[k] @ proj) + 0.1 * torch.randn(256, 48, generator=g)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = dec.loss(codes[k], target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves.append(torch.tensor(losses).reshape(10, 20).mean(dim=1))
+    ref, got = curves
+    assert ref[-1] < 0.7 * ref[0]  # the fit learns something
+    assert ((got - ref).abs() / ref).max() < 0.01
+
+
 @pytest.mark.parametrize("make", [lambda: LinearDecoder(8, 12), lambda: MLPDecoder(8, 12, hidden=32)])
 def test_regression_heads_fit_a_fixed_batch(make):
     torch.manual_seed(0)

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from bench.memory import LiveBytes, SavedBytes, main, measure, project
+from bench.report import config_sets
+from ivn_fast.config import ConfigError
 
 MB = 1 << 20
 
@@ -74,3 +76,15 @@ def test_compiled_blocks_report_what_they_save(tmp_path, capsys):
     record = json.loads(out.read_text())
     assert record["compile"] and record["saved_gb"] > 0 and "projected_peak_gb" not in record
     assert "compiled blocks" in capsys.readouterr().out
+
+
+def test_bf16_decoder_keeps_less_for_backward(tmp_path):
+    """--set reaches the measured config: the bf16 diffusion head saves its products in bf16."""
+    saved = {}
+    for fp32 in ("true", "false"):
+        sets = config_sets([f"model.decoder.fp32={fp32}"])
+        result = measure("tiny", [2], "none", 2, tmp_path / fp32, sets=sets)
+        saved[fp32] = result["saved_by_module"]["decoder.net"]
+    assert saved["false"] < 0.75 * saved["true"], saved
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        config_sets(["model.decoder.fp32"])

@@ -32,7 +32,8 @@ class AdaLNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.ada(c).chunk(3, dim=-1)
-        h = layer_norm_modulate(x, self.norm.weight, self.norm.bias, shift, scale, self.norm.eps)
+        # the MLP's input comes out in the dtype the projections run in (bf16 under autocast)
+        h = layer_norm_modulate(x, self.norm.weight, self.norm.bias, shift, scale, self.norm.eps, shift.dtype)
         return gated_residual(x, gate, self.mlp(h))
 
 
@@ -45,7 +46,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.ada(c).chunk(2, dim=-1)
-        return self.proj(layer_norm_modulate(x, None, None, shift, scale, self.norm.eps))
+        return self.proj(layer_norm_modulate(x, None, None, shift, scale, self.norm.eps, shift.dtype))
 
 
 class MLPDenoiser(nn.Module):
@@ -53,6 +54,9 @@ class MLPDenoiser(nn.Module):
 
     All adaLN projections and the output projection start at zero, so the untrained network
     predicts eps = 0 and the midpoint variance, and every block starts as the identity.
+
+    The residual stream between blocks is float32 whatever the autocast: under bf16 autocast
+    only the matrix products run in bf16, and the stream that 6 blocks add into keeps its bits.
     """
 
     def __init__(self, target_dim: int, width: int, z_dim: int, depth: int, freq_dim: int = 256):
@@ -78,7 +82,7 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         c = F.silu(self.t_embed(timestep_embedding(t, self.freq_dim)) + self.c_proj(z))
-        h = self.in_proj(x)
+        h = self.in_proj(x).float()
         for block in self.blocks:
             h = block(h, c)
         return self.final(h, c)

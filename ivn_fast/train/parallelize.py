@@ -77,11 +77,11 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     return count
 
 
-def _fp32_subtrees(model: nn.Module) -> list[nn.Module]:
-    """Networks that must keep float32 weights under bf16 training (the diffusion head's, by choice)."""
+def _diffusion_nets(model: nn.Module, fp32: bool) -> list[nn.Module]:
+    """The diffusion heads' networks that run in float32 (the reference's choice) or in bf16."""
     from ivn_fast.models.decoders import DiffusionDecoder
 
-    return [m.net for m in model.modules() if isinstance(m, DiffusionDecoder) and m.fp32]
+    return [m.net for m in model.modules() if isinstance(m, DiffusionDecoder) and m.fp32 == fp32]
 
 
 def shard_model(model: nn.Module, param_dtype: torch.dtype | None, *, forward_only: bool = False) -> int:
@@ -89,17 +89,21 @@ def shard_model(model: nn.Module, param_dtype: torch.dtype | None, *, forward_on
 
     Parameters are sharded over all processes; each block's are gathered just before it runs and
     freed after. `param_dtype` (bf16 on GPU) is the dtype blocks compute in, gradients are
-    reduced in float32, and the diffusion head keeps float32 throughout when asked to. Returns
-    how many units were sharded. The root stays gathered between forward and backward, unless the
-    model only ever runs forward (an EMA target), whose weights must be back in shards for the update.
+    reduced in float32, and the diffusion head keeps float32 throughout when asked to; a bf16
+    diffusion head's blocks get their inputs uncast, so its float32 residual stream stays float32.
+    Returns how many units were sharded. The root stays gathered between forward and backward,
+    unless the model only ever runs forward (an EMA target), whose weights must be back in shards
+    for the update.
     """
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    uncast = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
-    fp32 = _fp32_subtrees(model)
+    fp32 = _diffusion_nets(model, fp32=True)
     in_fp32 = {id(m) for tree in fp32 for m in tree.modules()}
+    in_bf16 = {id(m) for tree in _diffusion_nets(model, fp32=False) for m in tree.modules()}
     count = 0
     for block in repeated_blocks(model):
-        fully_shard(block, mp_policy=full if id(block) in in_fp32 else mixed)
+        fully_shard(block, mp_policy=full if id(block) in in_fp32 else uncast if id(block) in in_bf16 else mixed)
         count += 1
     for tree in fp32:
         fully_shard(tree, mp_policy=full)

@@ -7,7 +7,10 @@ Four fusions around the denoiser's cuBLAS matmuls, each one pass over its rows:
   the forward keeping mean / rstd so the backward reads x once;
 - `gated_residual`: x + gate * h.
 adaLN shift / scale / gate arrive as column slices of one [M, k * W] projection; the kernels
-read them through their row stride instead of copying. Arithmetic is fp32 for any input dtype.
+read them through their row stride instead of copying. Arithmetic is fp32 for any input dtypes,
+and inputs may differ in dtype: the bf16 decoder keeps its residual stream in float32 while its
+projections run in bf16, so `layer_norm_modulate` reads float32 x and writes the bf16 input of
+the next matmul, and `gated_residual` adds bf16 gate * h into float32 x.
 
 Each public function runs the Triton op or the PyTorch reference as `ivn_kernels.use_triton`
 says; `modulate` and `q_sample` are the plain formulas the references share.
@@ -50,20 +53,27 @@ def timestep_embedding_reference(t: torch.Tensor, dim: int = 256, max_period: fl
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x * (1 + scale) + shift, so a zero-initialised modulation starts as the identity."""
-    return x * (1 + scale) + shift
+    """adaLN: x * (1 + scale) + shift, so a zero-initialised modulation starts as the identity.
+
+    Computed in the promoted dtype of the three without upcast copies of the narrower ones (which
+    autograd would keep for backward)."""
+    return torch.addcmul(x + shift, x, scale)
 
 
 def layer_norm_modulate_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                                  shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """fp32 maths, result in x's dtype: what the kernel computes, and what autocast would do."""
+                                  shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6,
+                                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """fp32 maths rounded once to `out_dtype` (x's by default): what the kernel computes, and what
+    autocast does before the next matmul."""
     w = None if weight is None else weight.float()
     b = None if bias is None else bias.float()
-    return modulate(F.layer_norm(x.float(), x.shape[-1:], w, b, eps), shift.float(), scale.float()).to(x.dtype)
+    out = modulate(F.layer_norm(x.float(), x.shape[-1:], w, b, eps), shift, scale)
+    return out.to(x.dtype if out_dtype is None else out_dtype)
 
 
 def gated_residual_reference(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    return x + gate * h
+    """fp32 maths, result in x's dtype (the residual stream's)."""
+    return torch.addcmul(x.float(), gate, h).to(x.dtype)
 
 
 # --------------------------------------------------------------------------- Triton kernels
@@ -281,11 +291,12 @@ def _(t, freqs):
 
 @torch.library.custom_op("ivn::layer_norm_modulate", mutates_args=())
 def _ln_modulate_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, shift: torch.Tensor,
-                    scale: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out like x, mean [M] fp32, rstd [M] fp32)."""
+                    scale: torch.Tensor, eps: float,
+                    out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out [x's shape, out_dtype], mean [M] fp32, rstd [M] fp32)."""
     x2, sh, sc = _rows(x), _rows(shift), _rows(scale)
     m, w = x2.shape
-    out = _triton.empty(x.shape, x.dtype, x.device)
+    out = _triton.empty(x.shape, out_dtype, x.device)
     mean = _triton.empty((m,), torch.float32, x.device)
     rstd = _triton.empty((m,), torch.float32, x.device)
     grid, block_m, block_w, warps = _tiling(m, w)
@@ -296,9 +307,10 @@ def _ln_modulate_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
 
 
 @_ln_modulate_op.register_fake
-def _(x, weight, bias, shift, scale, eps):
+def _(x, weight, bias, shift, scale, eps, out_dtype):
     m = x.numel() // x.shape[-1]
-    return torch.empty_like(x), x.new_empty(m, dtype=torch.float32), x.new_empty(m, dtype=torch.float32)
+    return (torch.empty_like(x, dtype=out_dtype), x.new_empty(m, dtype=torch.float32),
+            x.new_empty(m, dtype=torch.float32))
 
 
 @torch.library.custom_op("ivn::layer_norm_modulate_backward", mutates_args=())
@@ -334,10 +346,11 @@ def _(grad, x, weight, bias, scale, mean, rstd):
 
 
 def _ln_modulate_setup(ctx, inputs, output) -> None:
-    x, weight, bias, _, scale, _ = inputs
+    x, weight, bias, shift, scale, _, _ = inputs
     _, mean, rstd = output
     ctx.save_for_backward(x, weight, bias, scale, mean, rstd)
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.shift_dtype = shift.dtype
 
 
 def _ln_modulate_backward(ctx, grad: torch.Tensor, _grad_mean: torch.Tensor, _grad_rstd: torch.Tensor):
@@ -345,7 +358,8 @@ def _ln_modulate_backward(ctx, grad: torch.Tensor, _grad_mean: torch.Tensor, _gr
     grad_x, grad_scale, grad_w, grad_b = torch.ops.ivn.layer_norm_modulate_backward(
         grad, x, weight, bias, scale, mean, rstd)
     affine = weight is not None
-    return grad_x, grad_w if affine else None, grad_b if affine else None, grad, grad_scale, None
+    return (grad_x, grad_w if affine else None, grad_b if affine else None, grad.to(ctx.shift_dtype), grad_scale,
+            None, None)
 
 
 _ln_modulate_op.register_autograd(_ln_modulate_backward, setup_context=_ln_modulate_setup)
@@ -419,16 +433,18 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 1000
 
 
 def layer_norm_modulate(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                        shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """modulate(LayerNorm(x), shift, scale); weight / bias None for a LayerNorm without affine."""
+                        shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6,
+                        out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """modulate(LayerNorm(x), shift, scale) in `out_dtype` (x's by default); weight / bias None
+    for a LayerNorm without affine."""
+    out_dtype = x.dtype if out_dtype is None else out_dtype
     if not use_triton(x):
-        return layer_norm_modulate_reference(x, weight, bias, shift, scale, eps)
-    x, shift, scale = _triton.same_dtype(x, shift, scale)
-    return torch.ops.ivn.layer_norm_modulate(x, weight, bias, shift, scale, eps)[0]
+        return layer_norm_modulate_reference(x, weight, bias, shift, scale, eps, out_dtype)
+    return torch.ops.ivn.layer_norm_modulate(x, weight, bias, shift, scale, eps, out_dtype)[0]
 
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """x + gate * h; a zero gate makes a fresh block an exact identity."""
+    """x + gate * h in x's dtype; a zero gate makes a fresh block an exact identity."""
     if not use_triton(x):
         return gated_residual_reference(x, gate, h)
-    return torch.ops.ivn.gated_residual(*_triton.same_dtype(x, gate, h))
+    return torch.ops.ivn.gated_residual(x, gate, h)
