@@ -14,8 +14,11 @@ from transformers import (
 )
 from transformers.models.siglip2.image_processing_pil_siglip2 import convert_image_to_patches
 
+from ivn_fast.config import build_config
 from ivn_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ivn_fast.models.teacher import ATTN_IMPLEMENTATION, SemanticTeacher, teacher_layer_indices
+from ivn_fast.train.parallelize import compile_blocks
+from ivn_fast.train.stage1 import token_grid
 
 PATCH, DIM, HEADS, DEPTH = 8, 32, 2, 7
 VISION = dict(patch_size=PATCH, hidden_size=DIM, intermediate_size=64, num_hidden_layers=DEPTH,
@@ -202,3 +205,19 @@ def test_errors_name_the_path(tmp_path, siglip):
     (no_weights / "config.json").write_text((Path(siglip[0]) / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="no_weights"):
         SemanticTeacher.from_pretrained(str(no_weights))
+
+
+def test_compiled_layers_under_bf16_autocast_match_eager():
+    """The patch embedding hands the encoder a transposed view, which inductor's CPU code for the
+    compiled layers read wrongly under bf16 autocast (NaN); the layers now get a contiguous copy."""
+    cfg = build_config("tiny")
+    teacher = SemanticTeacher.from_pretrained(cfg.model.teacher.path, num_layers=cfg.model.teacher.num_layers)
+    video = torch.randn(8, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size, generator=torch.Generator().manual_seed(0))
+    grid = token_grid(cfg)[1:]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = teacher(video, grid)
+        assert compile_blocks(teacher) == teacher.model.config.num_hidden_layers
+        got = teacher(video, grid)
+    for a, b in ((got.layers, want.layers), (got.final, want.final)):
+        assert torch.isfinite(a).all()
+        assert (a.float() - b.float()).norm() < 2e-2 * b.float().norm()

@@ -156,6 +156,7 @@ class SemanticTeacher(nn.Module):
         self.register_buffer("shift", ((in_mean - t_mean) / t_std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
+        model.encoder.register_forward_pre_hook(_contiguous_embeddings, with_kwargs=True)
 
     @classmethod
     def from_pretrained(
@@ -266,6 +267,17 @@ class SemanticTeacher(nn.Module):
             final=final,
             attn=attn.view(b, t, gh * gw),
         )
+
+
+def _contiguous_embeddings(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The patch embedding hands the encoder a transposed view. Inductor's CPU code for a compiled
+    SigLIP layer reads such an input wrongly under bf16 autocast (NaN in about half the outputs,
+    torch 2.13), so the layers get a contiguous copy: one pass over the embeddings per forward."""
+    if "inputs_embeds" in kwargs:
+        kwargs = {**kwargs, "inputs_embeds": kwargs["inputs_embeds"].contiguous()}
+    else:
+        args = (args[0].contiguous(), *args[1:])
+    return args, kwargs
 
 
 def _resize_tokens(x: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
