@@ -29,11 +29,14 @@ for part in "${parts[@]}"; do
     report-ac) for mode in op selective full; do python -m bench.report --rows b8-align-diffusion --steps 6 \
                  --activation-checkpointing "$mode" --json "$OUT/report-ac-$mode.json" 2>&1 \
                  | tee "$OUT/report-ac-$mode.log"; done ;;
-    # the diffusion head's products in bf16 (float32 residual stream): the 24 GB row under none, op and full,
-    # then the final ViT-B Stage 1 setting
-    report-bf16-decoder) for mode in none op full; do python -m bench.report --rows b8-align-diffusion --steps 6 \
-                 --activation-checkpointing "$mode" --set model.decoder.fp32=false \
-                 --json "$OUT/report-bf16-decoder-$mode.json" 2>&1 | tee "$OUT/report-bf16-decoder-$mode.log"; done
+    # the diffusion head's products in bf16 (float32 residual stream): the 24 GB row under none, op, full and
+    # compiler-chosen budgets, then the final ViT-B Stage 1 setting
+    report-bf16-decoder) for mode in none op full budget:0.5 budget:0.3; do share=0.5
+                 [ "${mode%%:*}" = budget ] && share=${mode#budget:}
+                 python -m bench.report --rows b8-align-diffusion --steps 6 --activation-checkpointing "${mode%%:*}" \
+                 --set model.decoder.fp32=false --set "train.ac_budget=$share" \
+                 --json "$OUT/report-bf16-decoder-${mode/:/}.json" 2>&1 | tee "$OUT/report-bf16-decoder-${mode/:/}.log"
+               done
                python -m bench.report --rows b16-stage1 --batch 16 --set model.decoder.fp32=false \
                  --json "$OUT/report-bf16-decoder-b16.json" 2>&1 | tee "$OUT/report-bf16-decoder-b16.log" ;;
     # 16-frame Stage 1 needs batch 16 on 80 GB without activation checkpointing; 32-frame Stage 2 batch 8

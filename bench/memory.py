@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         sets = config_sets(args.set)
     except ConfigError as e:
         parser.error(str(e))
+    if args.activation_checkpointing == "budget" and not args.compile:
+        parser.error("--activation-checkpointing budget is the compiler's: add --compile")
     batches = sorted({int(b) for b in args.batches.split(",")})
     with tempfile.TemporaryDirectory() as tmp:
         result = measure(args.row, batches, args.activation_checkpointing, args.depth, Path(tmp), args.compile, sets)

@@ -24,7 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-AC_MODES = ("none", "full", "selective", "op")  # train.activation_checkpointing (see train/parallelize.py)
+AC_MODES = ("none", "full", "selective", "op", "budget")  # train.activation_checkpointing (train/parallelize.py)
 
 
 class ConfigError(ValueError):
@@ -196,7 +196,13 @@ class TrainConfig:
     activation_checkpointing: str = _f("none", "recompute block activations in the backward instead of keeping "
                                                "them: every repeated block (full), every other one (selective), "
                                                "or every block's cheap elementwise work only, keeping its matrix "
-                                               "products and attention outputs (op)", AC_MODES)
+                                               "products and attention outputs (op); or, with train.compile, let "
+                                               "the compiler pick what each block recomputes to keep at most "
+                                               "train.ac_budget of its activations (budget)", AC_MODES)
+    ac_budget: float = _f(0.5, "under activation_checkpointing=budget: the share of each compiled block's "
+                               "activations kept for backward (1 keeps what compile keeps anyway, 0 recomputes "
+                               "all it can); torch.compile's memory-budget partitioner recomputes the cheapest "
+                               "work first")
     compile: bool = _f(False, "torch.compile each repeated block (encoder, predictor, decoder, teacher layers) "
                               "in place; one compiled graph per block type")
     shard_teacher: bool = _f(False, "with several processes, shard the frozen teacher's weights with FSDP2 like the "
@@ -475,6 +481,9 @@ def validate(cfg: Config, *, check_paths: bool = True) -> None:
     _check(0.0 < o.beta1 < 1.0 and 0.0 < o.beta2 < 1.0, "optim.beta1/beta2", "must be in (0, 1)",
            (o.beta1, o.beta2))
     _check(t.stage in (1, 2), "train.stage", "must be 1 or 2", t.stage)
+    _check(t.activation_checkpointing != "budget" or t.compile, "train.activation_checkpointing",
+           "budget is chosen by the compiler: it needs --train.compile true", t.activation_checkpointing)
+    _check(0.0 <= t.ac_budget <= 1.0, "train.ac_budget", "must be in [0, 1]", t.ac_budget)
     s2 = cfg.stage2
     _check(0.0 < s2.momentum <= 1.0, "stage2.momentum", "must be in (0, 1]", s2.momentum)
     for name, value in (("stage2.small_scale", s2.small_scale), ("stage2.large_scale", s2.large_scale)):

@@ -57,6 +57,8 @@ def test_round_trip():
     (["--model.teacher.path", "/no/such/teacher"], "model.teacher.path"),
     (["--preset", "vit-b"], "model.teacher.path"),  # weights directories of the paper presets are absent
     (["--model.predictor.path", "/no/such/bert"], "model.predictor.path"),
+    (["--train.activation_checkpointing", "budget"], "train.compile"),  # the compiler's choice needs compile
+    (["--train.ac_budget", "1.5"], "train.ac_budget"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_field(args, field, capsys):
     assert main(args + ["--output_dir", "/tmp/ivn-never-written"]) == 2

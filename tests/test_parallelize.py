@@ -95,3 +95,41 @@ def test_blocks_of_different_drop_path_rates_share_one_graph():
     assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # rate 0 and rate > 0
     assert not counters["graph_break"], dict(counters["graph_break"])
     torch._dynamo.reset()
+
+
+def test_memory_budget_makes_compiled_blocks_save_less():
+    """`budget`: the compiler's partitioner recomputes within each block until what it saves fits,
+    with the eager loss and gradients."""
+    import torch._dynamo
+
+    from ivn_fast.train.parallelize import compile_blocks, set_memory_budget
+
+    model, video, vis_idx = _model_and_batch()
+    ref, ref_grads = _loss_and_grads(model.train(), video, vis_idx)
+    saved = {}
+    for budget in (1.0, 0.1):
+        wrapped = copy.deepcopy(model)
+        assert checkpoint_blocks(wrapped, "budget") == 0
+        set_memory_budget(budget)
+        torch._dynamo.reset()
+        compile_blocks(wrapped, backend="aot_eager_decomp_partition")  # inductor's partitioner, no C++ build
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.untyped_storage().nbytes() if not isinstance(t, torch.nn.Parameter) else 0)
+            return t
+
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                got, got_grads = _loss_and_grads(wrapped.train(), video, vis_idx)
+        finally:
+            set_memory_budget(1.0)
+            torch._dynamo.reset()
+        saved[budget] = sum(sizes)
+        assert torch.allclose(got, ref, rtol=1e-5)
+        for a, r in zip(got_grads, ref_grads):
+            if r is not None:
+                assert torch.allclose(a, r, rtol=1e-4, atol=1e-6)
+    assert saved[0.1] < 0.8 * saved[1.0], saved
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        set_memory_budget(1.5)

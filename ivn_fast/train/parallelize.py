@@ -40,14 +40,15 @@ def checkpoint_blocks(model: nn.Module, mode: str) -> int:
     """Wrap the forward of blocks in non-reentrant activation checkpointing, in place (parameter
     names unchanged), and return how many: every block (full), every other block (selective), or
     every block keeping its matrix products and attention outputs so that only the cheap
-    elementwise work is recomputed (op)."""
+    elementwise work is recomputed (op). `budget` wraps nothing: the compiler decides
+    (`set_memory_budget`)."""
     if mode not in AC_MODES:
         raise ValueError(f"activation checkpointing must be one of {', '.join(AC_MODES)}, got {mode!r}")
     options: dict[str, Any] = {"use_reentrant": False}
     if mode == "op":
         options["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_products)
     count = 0
-    for i, block in enumerate(repeated_blocks(model) if mode != "none" else ()):
+    for i, block in enumerate(repeated_blocks(model) if mode not in ("none", "budget") else ()):
         if mode != "selective" or i % 2 == 0:
             block.forward = _checkpointed(block.forward, options)
             count += 1
@@ -62,6 +63,20 @@ def _checkpointed(forward: Callable[..., Any], options: dict[str, Any]) -> Calla
         return checkpoint(forward, *args, **options, **kwargs)
 
     return run
+
+
+def set_memory_budget(budget: float) -> None:
+    """The share of its activations every graph compiled from now on keeps for backward.
+
+    Below 1 the min-cut partitioner (inductor's, and aot_eager_decomp_partition's) recomputes
+    instead of saving, cheapest work first, until what it saves fits. The setting is global to
+    the process, so every trainer sets it, 1.0 (torch's default) when not asked for a budget.
+    """
+    import torch._functorch.config as functorch_config
+
+    if not 0.0 <= budget <= 1.0:
+        raise ValueError(f"memory budget must be in [0, 1], got {budget}")
+    functorch_config.activation_memory_budget = budget
 
 
 def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:

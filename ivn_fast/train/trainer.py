@@ -20,7 +20,7 @@ from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World, all_finite, mean_over_ranks
 from ivn_fast.train.metrics import MetricsWriter, format_line
 from ivn_fast.train.optim import LRSchedule, build_optimizer
-from ivn_fast.train.parallelize import checkpoint_blocks, compile_blocks, shard_model
+from ivn_fast.train.parallelize import checkpoint_blocks, compile_blocks, set_memory_budget, shard_model
 from ivn_fast.train.profiling import step_profiler
 from ivn_fast.train.stage1 import Stage1Task
 from ivn_fast.train.stage2 import Stage2Task
@@ -55,7 +55,11 @@ class Trainer:
         task_cls = Stage2Task if cfg.train.stage == 2 else Stage1Task
         self.task = task_cls(cfg, device, seed=cfg.train.seed * 1000 + world.rank)
         self.model: nn.Module = self.task.build_model().to(device)
-        if cfg.train.activation_checkpointing != "none":
+        budget = cfg.train.activation_checkpointing == "budget"
+        set_memory_budget(cfg.train.ac_budget if budget else 1.0)
+        if budget:
+            log.info("activation memory budget %.2f for every compiled block", cfg.train.ac_budget)
+        elif cfg.train.activation_checkpointing != "none":
             log.info("activation checkpointing (%s) on %d blocks", cfg.train.activation_checkpointing,
                      checkpoint_blocks(self.model, cfg.train.activation_checkpointing))
         if cfg.train.compile:
