@@ -45,8 +45,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from bench.report import ROWS, SET_HELP, config_sets, row_config
-from ivn_fast.config import AC_MODES, ConfigError
+from bench.report import ROWS, SET_HELP, config_item, config_sets, row_config
+from ivn_fast.config import AC_MODES
 from ivn_fast.models.attention import set_backend
 from ivn_fast.train.distributed import World
 from ivn_fast.train.trainer import Trainer
@@ -216,18 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="compile each block as the fast path does and "
                                                                 "measure only what is saved for backward")
     parser.add_argument("--depth", type=int, default=2, help="dotted name parts modules are grouped by")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    parser.add_argument("--set", action="append", default=[], type=config_item, metavar="KEY=VALUE", help=SET_HELP)
     parser.add_argument("--json", type=Path, default=None, help="write the measurement and projection here")
     args = parser.parse_args(argv)
-    try:
-        sets = config_sets(args.set)
-    except ConfigError as e:
-        parser.error(str(e))
     if args.activation_checkpointing == "budget" and not args.compile:
         parser.error("--activation-checkpointing budget is the compiler's: add --compile")
     batches = sorted({int(b) for b in args.batches.split(",")})
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.row, batches, args.activation_checkpointing, args.depth, Path(tmp), args.compile, sets)
+        result = measure(args.row, batches, args.activation_checkpointing, args.depth, Path(tmp), args.compile,
+                         config_sets(args.set))
     proj = None if args.compile else project(result, args.per_gpu_batch)
     print(f"{args.row}, activation checkpointing {args.activation_checkpointing}"
           f"{', compiled blocks' if args.compile else ''}: measured at batches "
@@ -239,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                                              sys.argv[1:] if argv is None else argv),
                                          "device": platform.processor() or platform.machine(), "torch": torch.__version__,
                                          "row": args.row, "activation_checkpointing": args.activation_checkpointing,
-                                         "compile": args.compile, "set": args.set,
+                                         "compile": args.compile, "set": dict(args.set),
                                          "per_gpu_batch": args.per_gpu_batch,
                                          **(proj or {}), "saved_gb": sum(result["saved_by_module"].values())
                                          * args.per_gpu_batch / batches[-1] / 1e9, "measured": result},

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ivn_fast.config import AC_MODES, Config, ConfigError, build_config, set_dotted, validate
+from ivn_fast.config import AC_MODES, Config, build_config, set_dotted, validate
 from ivn_fast.models.attention import set_backend
 from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World
@@ -73,13 +73,19 @@ def random_teacher(name: str, root: Path, device: torch.device) -> str:
     return str(out)
 
 
-def config_sets(items: list[str]) -> dict:
-    """`--set model.decoder.fp32=false` items -> a config tree (values read by their field's type)."""
+def config_item(text: str) -> tuple[str, str]:
+    """One `--set model.decoder.fp32=false` argument (an argparse type, so a malformed one is a
+    usage error); the value is read by its field's type when the config is built."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def config_sets(items: list[tuple[str, str]]) -> dict:
+    """`--set` items -> a config tree."""
     tree: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set: expected KEY=VALUE, got {item!r}")
+    for key, value in items:
         set_dotted(tree, key, value)
     return tree
 
@@ -191,10 +197,11 @@ def matmul_peak(device: torch.device) -> float:
 def run_row(name: str, args: argparse.Namespace, device: torch.device, peak: float, root: Path) -> dict[str, Any]:
     _, _, schedule_clips, paper = ROWS[name]
     row: dict[str, Any] = {"row": name, "batch": args.batch, "fast_activation_checkpointing":
-                           args.activation_checkpointing, "set": args.set, **paper}
+                           args.activation_checkpointing, "set": dict(args.set), **paper}
+    sets = config_sets(args.set)
     for variant, fast in (("eager", False), ("fast", True)):
         cfg = row_config(name, args.batch, fast, root / "teachers", device, str(root / f"run-{name}-{variant}"),
-                         args.activation_checkpointing, sets=config_sets(args.set))
+                         args.activation_checkpointing, sets=sets)
         try:
             row[variant] = measure_step(cfg, args.steps, args.warmup, count_flops=not fast)
         except torch.OutOfMemoryError as e:
@@ -245,14 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--activation-checkpointing", default="none", choices=AC_MODES,
                         help="activation checkpointing of the fast path (the eager baseline never uses it)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=SET_HELP)
+    parser.add_argument("--set", action="append", default=[], type=config_item, metavar="KEY=VALUE", help=SET_HELP)
     parser.add_argument("--json", type=Path, default=None, help="write the full results here")
     args = parser.parse_args(argv)
-    try:
-        config_sets(args.set)
-    except ConfigError as e:
-        parser.error(str(e))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = args.rows.split(",") if args.rows else ([n for n in ROWS if n != "tiny"] if device.type == "cuda"
                                                     else ["tiny"])

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from bench.memory import SavedBytes
 from ivn_fast.config import build_config
 from ivn_fast.models.stage1 import Stage1Model
 from ivn_fast.train.parallelize import checkpoint_blocks, repeated_blocks
@@ -113,19 +114,14 @@ def test_memory_budget_makes_compiled_blocks_save_less():
         set_memory_budget(budget)
         torch._dynamo.reset()
         compile_blocks(wrapped, backend="aot_eager_decomp_partition")  # inductor's partitioner, no C++ build
-        sizes = []
-
-        def pack(t):
-            sizes.append(t.untyped_storage().nbytes() if not isinstance(t, torch.nn.Parameter) else 0)
-            return t
-
+        recorder = SavedBytes(wrapped, depth=1)
         try:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with recorder.recording():
                 got, got_grads = _loss_and_grads(wrapped.train(), video, vis_idx)
         finally:
             set_memory_budget(1.0)
             torch._dynamo.reset()
-        saved[budget] = sum(sizes)
+        saved[budget] = sum(recorder.by_module.values())
         assert torch.allclose(got, ref, rtol=1e-5)
         for a, r in zip(got_grads, ref_grads):
             if r is not None:

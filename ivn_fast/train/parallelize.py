@@ -114,11 +114,11 @@ def shard_model(model: nn.Module, param_dtype: torch.dtype | None, *, forward_on
     uncast = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     fp32 = _diffusion_nets(model, fp32=True)
-    in_fp32 = {id(m) for tree in fp32 for m in tree.modules()}
-    in_bf16 = {id(m) for tree in _diffusion_nets(model, fp32=False) for m in tree.modules()}
+    policies = {id(m): policy for policy, trees in ((full, fp32), (uncast, _diffusion_nets(model, fp32=False)))
+                for tree in trees for m in tree.modules()}
     count = 0
     for block in repeated_blocks(model):
-        fully_shard(block, mp_policy=full if id(block) in in_fp32 else uncast if id(block) in in_bf16 else mixed)
+        fully_shard(block, mp_policy=policies.get(id(block), mixed))
         count += 1
     for tree in fp32:
         fully_shard(tree, mp_policy=full)
