@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a fresh GPU machine with torch and triton installed:
-#   bench/gpu_all.sh [kernels] [train] [report-ablation] [report-ac] [report-bf16-decoder] [report-final] [bench]
+#   bench/gpu_all.sh [kernels] [kernel-tests] [train] [report-ablation] [report-ac] [report-bf16-decoder] [report-final] [bench]
 #   (default: all)
 # Results (JSON and logs) go to $OUT (default bench/results); each part keeps going if another fails.
 set -uo pipefail
@@ -20,24 +20,24 @@ for part in "${parts[@]}"; do
   echo "=== $part"
   case "$part" in
     kernels) python bench/gpu_check.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" ;;
+    kernel-tests) python -m pytest -q -p no:cacheprovider tests/test_kernels_*.py 2>&1 | tee "$OUT/kernel-tests.log" ;;
     train) python -m ivn_fast.pretrain --max-steps 60 --train.progress false --output_dir /tmp/ivn-gpu-run \
              2>&1 | tee "$OUT/train.log" && python -m ivn_fast.pretrain --stage 2 --max-steps 30 \
              --train.progress false --output_dir /tmp/ivn-gpu-run 2>&1 | tee -a "$OUT/train.log" ;;
     report-ablation) python -m bench.report --rows b8-align,b8-align-linear,b8-align-diffusion \
                        --json "$OUT/report-ablation.json" 2>&1 | tee "$OUT/report-ablation.log" ;;
-    # the 24 GB target row under each activation-checkpointing mode, beside the eager baseline
-    report-ac) for mode in op selective full; do python -m bench.report --rows b8-align-diffusion --steps 6 \
-                 --activation-checkpointing "$mode" --json "$OUT/report-ac-$mode.json" 2>&1 \
-                 | tee "$OUT/report-ac-$mode.log"; done ;;
-    # the diffusion head's products in bf16 (float32 residual stream): the 24 GB row under none, op, full and
-    # compiler-chosen budgets, then the final ViT-B Stage 1 setting
-    report-bf16-decoder) for mode in none op full budget:0.5 budget:0.3; do share=0.5
-                 [ "${mode%%:*}" = budget ] && share=${mode#budget:}
-                 python -m bench.report --rows b8-align-diffusion --steps 6 --activation-checkpointing "${mode%%:*}" \
-                 --set model.decoder.fp32=false --set "train.ac_budget=$share" \
-                 --json "$OUT/report-bf16-decoder-${mode/:/}.json" 2>&1 | tee "$OUT/report-bf16-decoder-${mode/:/}.log"
-               done
-               python -m bench.report --rows b16-stage1 --batch 16 --set model.decoder.fp32=false \
+    # the 24 GB target row under each activation-checkpointing mode, one eager baseline for all
+    report-ac) python -m bench.report --rows b8-align-diffusion --steps 6 --fast "" \
+                 --fast train.activation_checkpointing=op --fast train.activation_checkpointing=selective \
+                 --fast train.activation_checkpointing=full --json "$OUT/report-ac.json" 2>&1 \
+                 | tee "$OUT/report-ac.log" ;;
+    # the diffusion head's products in bf16 (float32 residual stream): the 24 GB row under the
+    # compiler's budgets and the fixed modes, then the final ViT-B Stage 1 setting with either head
+    report-bf16-decoder) bf=model.decoder.fp32=false; ac=train.activation_checkpointing
+               python -m bench.report --rows b8-align-diffusion --steps 6 --fast "$bf,$ac=budget,train.ac_budget=0.3" \
+                 --fast "$bf,$ac=op" --fast "$bf" --fast "$bf,$ac=full" --fast "$bf,$ac=budget,train.ac_budget=0.5" \
+                 --fast "$ac=full" --json "$OUT/report-bf16-decoder-b8.json" 2>&1 | tee "$OUT/report-bf16-decoder-b8.log"
+               python -m bench.report --rows b16-stage1 --batch 16 --steps 6 --fast "" --fast "$bf" \
                  --json "$OUT/report-bf16-decoder-b16.json" 2>&1 | tee "$OUT/report-bf16-decoder-b16.log" ;;
     # 16-frame Stage 1 needs batch 16 on 80 GB without activation checkpointing; 32-frame Stage 2 batch 8
     report-final) python -m bench.report --rows b16-stage1,l16-stage1 --batch 16 --json "$OUT/report-final.json" \

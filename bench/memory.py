@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="compile each block as the fast path does and "
                                                                 "measure only what is saved for backward")
     parser.add_argument("--depth", type=int, default=2, help="dotted name parts modules are grouped by")
-    parser.add_argument("--set", action="append", default=[], type=config_item, metavar="KEY=VALUE", help=SET_HELP)
+    parser.add_argument("--set", action="append", default=[], type=config_item, metavar="KEY=VALUE",
+                        help=SET_HELP + "; precision, kernels, attention and checkpointing are this tool's")
     parser.add_argument("--json", type=Path, default=None, help="write the measurement and projection here")
     args = parser.parse_args(argv)
     if args.activation_checkpointing == "budget" and not args.compile:

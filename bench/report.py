@@ -1,14 +1,21 @@
 """Stage 1 step report: the fast path beside the eager baseline of the same step, in one process.
 
-    python -m bench.report [--rows NAME,...] [--batch 32] [--steps 10] [--set KEY=VALUE] [--json OUT]
+    python -m bench.report [--rows NAME,...] [--batch 32] [--steps 10] [--set KEY=VALUE]
+                           [--fast KEY=VALUE,...] [--json OUT]
 
 Each row builds the real trainer for a paper setting (teacher and predictor with random
 weights of the real shapes, so nothing is downloaded), times `Trainer.train_step` on a fixed
 batch, counts the step's FLOPs with FlopCounterMode, and projects the paper's schedule onto
 the measured clips/s. The baseline is eager PyTorch with the reference ops and default SDPA;
-the fast path is per-block torch.compile with the Triton kernels and the best attention, with
-optional activation checkpointing.
-A row that runs out of memory is reported as such and the report goes on.
+the fast path is per-block torch.compile with the Triton kernels and the best attention.
+Each `--fast` gives one more fast-path variant (activation checkpointing, a bf16 diffusion head,
+...), all timed against the same eager baseline:
+
+    python -m bench.report --rows b8-align-diffusion --fast "" \
+        --fast train.activation_checkpointing=budget,train.ac_budget=0.3,model.decoder.fp32=false
+
+A variant that runs out of memory or fails is reported as such (the trace on stderr) and the
+report goes on.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ivn_fast.config import AC_MODES, Config, build_config, set_dotted, validate
+from ivn_fast.config import Config, ConfigError, build_config, set_dotted, validate
 from ivn_fast.models.attention import set_backend
 from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World
@@ -82,6 +90,11 @@ def config_item(text: str) -> tuple[str, str]:
     return key, value
 
 
+def config_items(text: str) -> list[tuple[str, str]]:
+    """One `--fast` argument: comma-separated KEY=VALUE items, or "" for the plain fast path."""
+    return [config_item(item) for item in text.split(",") if item.strip()]
+
+
 def config_sets(items: list[tuple[str, str]]) -> dict:
     """`--set` items -> a config tree."""
     tree: dict = {}
@@ -90,16 +103,28 @@ def config_sets(items: list[tuple[str, str]]) -> dict:
     return tree
 
 
-SET_HELP = ("a config field over the row's own settings, e.g. model.decoder.fp32=false (repeatable); "
-            "compile, kernels, attention and checkpointing keep this tool's settings")
+SET_HELP = "a config field over the row's own settings, e.g. model.decoder.fp32=false (repeatable)"
+
+
+def path_settings(fast: bool) -> dict:
+    """The eager baseline (reference ops, default SDPA, no compile) or the fast path."""
+    return {"train": {"compile": fast, "kernels": "auto" if fast else "torch",
+                      "attention": "auto" if fast else "sdpa", "activation_checkpointing": "none"}}
+
+
+def path_config(name: str, fast: bool, stage: int | None = None, sets: dict | None = None,
+                fast_sets: dict | None = None) -> Config:
+    """The row's settings, the path's, `sets`, then on the fast path `fast_sets`."""
+    preset, overrides, _, _ = ROWS[name]
+    trees = [overrides if stage is None else {"train": {"stage": stage}}, path_settings(fast), sets or {}]
+    return build_config(preset, *trees, *([fast_sets or {}] if fast else []))
 
 
 def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: torch.device, out_dir: str,
-               checkpointing: str = "none", stage: int | None = None, sets: dict | None = None) -> Config:
-    """The row's config on the chosen path, with `sets` over the row's settings; `stage=1` gives
-    the Stage 1 run a Stage 2 row starts from."""
-    preset, overrides, _, _ = ROWS[name]
-    cfg = build_config(preset, overrides if stage is None else {"train": {"stage": stage}}, sets or {})
+               stage: int | None = None, sets: dict | None = None, fast_sets: dict | None = None) -> Config:
+    """The row's config on the chosen path: the row, the path's settings, `sets`, then on the fast
+    path `fast_sets`; `stage=1` gives the Stage 1 run a Stage 2 row starts from."""
+    cfg = path_config(name, fast, stage, sets, fast_sets)
     teacher = Path(cfg.model.teacher.path).name
     if teacher in TEACHER_SHAPES:
         cfg.model.teacher.path = random_teacher(teacher, teacher_root, device)
@@ -107,10 +132,6 @@ def row_config(name: str, batch: int, fast: bool, teacher_root: Path, device: to
         cfg.model.predictor.path, cfg.model.predictor.init = "", False  # built-in ModernBERT-Large shapes
     t = cfg.train
     t.batch_size, t.progress, t.tensorboard, t.device = batch, False, False, device.type
-    t.compile = fast
-    t.activation_checkpointing = checkpointing if fast else "none"
-    t.kernels = "auto" if fast else "torch"
-    t.attention = "auto" if fast else "sdpa"
     cfg.data.num_workers, cfg.data.synthetic_videos = 0, max(batch, 8)
     cfg.output_dir = out_dir
     if cfg.train.stage == 2:
@@ -195,51 +216,64 @@ def matmul_peak(device: torch.device) -> float:
 
 
 def run_row(name: str, args: argparse.Namespace, device: torch.device, peak: float, root: Path) -> dict[str, Any]:
+    """The eager baseline, then each `--fast` variant, of one row."""
     _, _, schedule_clips, paper = ROWS[name]
-    row: dict[str, Any] = {"row": name, "batch": args.batch, "fast_activation_checkpointing":
-                           args.activation_checkpointing, "set": dict(args.set), **paper}
+    row: dict[str, Any] = {"row": name, "batch": args.batch, "set": dict(args.set), **paper}
     sets = config_sets(args.set)
-    for variant, fast in (("eager", False), ("fast", True)):
-        cfg = row_config(name, args.batch, fast, root / "teachers", device, str(root / f"run-{name}-{variant}"),
-                         args.activation_checkpointing, sets=sets)
+    variants = [("eager", False, {})] + [("fast", True, dict(items)) for items in args.fast or [[]]]
+    results = []
+    for i, (variant, fast, items) in enumerate(variants):
+        cfg = row_config(name, args.batch, fast, root / "teachers", device, str(root / f"run-{name}-{i}"),
+                         sets=sets, fast_sets=config_sets(list(items.items())))
         try:
-            row[variant] = measure_step(cfg, args.steps, args.warmup, count_flops=not fast)
+            result = measure_step(cfg, args.steps, args.warmup, count_flops=not fast)
         except torch.OutOfMemoryError as e:
-            row[variant] = {"error": f"out of memory: {str(e).splitlines()[0]}"}
+            result = {"error": f"out of memory: {str(e).splitlines()[0]}"}
             _release(device)
-    eager, fast = row["eager"], row["fast"]
+        except Exception as e:  # one broken variant must not cost the sweep: the trace goes to stderr
+            traceback.print_exc()
+            result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            _release(device)
+        results.append({"set": items, **result} if fast else result)
+        print(json.dumps({"row": name, "path": variant, **results[-1]}), flush=True)  # kept if a later one dies
+    eager = row["eager"] = results[0]
+    row["fast"] = results[1:]
     flops = eager.get("flops_per_step")
-    for r in (eager, fast):
+    for r in results:
         if "step_s" in r and flops:
             r["mfu"] = flops / r["step_s"] / peak
             hours = schedule_clips / r["clips_per_s"] / 3600
             r["gpu_hours"] = hours
             r["a100_equiv_hours"] = hours * peak / A100_BF16_PEAK if device.type == "cuda" else None
-    if "step_s" in eager and "step_s" in fast:
-        row["speedup"] = eager["step_s"] / fast["step_s"]
+        if r is not eager and "step_s" in r and "step_s" in eager:
+            r["speedup"] = eager["step_s"] / r["step_s"]
     return row
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """One line per path; several fast variants are numbered, their settings listed under the row."""
     head = (f"{'row':<20}{'path':<7}{'step s':>9}{'clips/s':>9}{'TFLOP/step':>11}{'MFU':>7}{'peak GB':>9}"
-            f"{'paper GB':>9}{'GPU-h':>9}{'A100-eq h':>10}{'paper h':>9}")
+            f"{'paper GB':>9}{'GPU-h':>9}{'A100-eq h':>10}{'paper h':>9}{'vs eager':>9}")
     lines = [head, "-" * len(head)]
+    fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
     for row in rows:
-        for variant in ("eager", "fast"):
-            r = row[variant]
+        flops = row["eager"].get("flops_per_step")
+        paths = [("eager", row["eager"])] + [
+            ("fast" if len(row["fast"]) == 1 else f"fast{i + 1}", r) for i, r in enumerate(row["fast"])]
+        for path, r in paths:
             if "error" in r:
-                lines.append(f"{row['row']:<20}{variant:<7}  {r['error'][:80]}")
+                lines.append(f"{row['row']:<20}{path:<7}  {r['error'][:80]}")
                 continue
-            fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
-            flops = row["eager"].get("flops_per_step")
             lines.append(
-                f"{row['row']:<20}{variant:<7}{r['step_s']:>9.3f}{r['clips_per_s']:>9.1f}"
+                f"{row['row']:<20}{path:<7}{r['step_s']:>9.3f}{r['clips_per_s']:>9.1f}"
                 f"{fmt(flops and flops / 1e12, '.1f'):>11}{fmt(r.get('mfu'), '.1%'):>7}"
                 f"{fmt(r.get('peak_mem_gb'), '.1f'):>9}{fmt(row.get('paper_mem_gb'), '.0f'):>9}"
                 f"{fmt(r.get('gpu_hours'), '.0f'):>9}{fmt(r.get('a100_equiv_hours'), '.0f'):>10}"
-                f"{fmt(row.get('paper_a100_hours'), '.0f'):>9}")
-        if "speedup" in row:
-            lines.append(f"{'':<20}fast / eager: {row['speedup']:.2f}x")
+                f"{fmt(row.get('paper_a100_hours'), '.0f'):>9}{fmt(r.get('speedup'), '.2f'):>8}"
+                f"{'x' if 'speedup' in r else ' '}")
+        for path, r in paths[1:]:
+            if r["set"]:
+                lines.append(f"{'':<20}{path}: " + ", ".join(f"{k}={v}" for k, v in r["set"].items()))
     return "\n".join(lines)
 
 
@@ -250,9 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="clips per step (per GPU)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    parser.add_argument("--activation-checkpointing", default="none", choices=AC_MODES,
-                        help="activation checkpointing of the fast path (the eager baseline never uses it)")
-    parser.add_argument("--set", action="append", default=[], type=config_item, metavar="KEY=VALUE", help=SET_HELP)
+    parser.add_argument("--set", action="append", default=[], type=config_item, metavar="KEY=VALUE",
+                        help=SET_HELP + "; applies to both paths")
+    parser.add_argument("--fast", action="append", type=config_items, metavar="KEY=VALUE,...",
+                        help="one fast-path variant: comma-separated config fields over the row and --set, "
+                             "e.g. train.activation_checkpointing=op; repeatable, each timed against the same "
+                             "eager baseline (default: one variant, the plain fast path; \"\" names it)")
     parser.add_argument("--json", type=Path, default=None, help="write the full results here")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -261,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    try:  # a bad field fails here, not minutes into the sweep
+        for name in names:
+            for items in args.fast or [[]]:
+                validate(path_config(name, True, sets=config_sets(args.set), fast_sets=config_sets(items)),
+                         check_paths=False)
+    except ConfigError as e:
+        parser.error(str(e))
     peak = matmul_peak(device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {device_name}; measured matmul rate {peak / 1e12:.1f} TFLOP/s "
@@ -269,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             rows.append(run_row(name, args, device, peak, Path(tmp)))
-            print(json.dumps(rows[-1]), flush=True)
     print(format_table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
