@@ -3,6 +3,7 @@ decoder loss parity, a compact table and a JSON record.
 
     python bench/gpu_check.py [--out PATH]        # on a CUDA machine, from the repo root
     python bench/gpu_check.py --cpu-smoke         # tiny sizes through the Triton interpreter
+    python bench/gpu_check.py --variants reference,triton   # skip compiling: a quick kernel timing
 
 Each op runs as reference (eager PyTorch), compiled (torch.compile of the reference), triton
 (the custom op, eager) and compiled_triton (the custom op inside a compiled graph, as the
@@ -158,14 +159,21 @@ def main() -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU through the Triton interpreter")
     parser.add_argument("--out", help="JSON path (default bench/results/kernels-<device>.json)")
     parser.add_argument("--no-tests", action="store_true", help="skip the kernel parity tests")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated variants to time (default all: {','.join(VARIANTS)}); "
+                             "leaving out the compiled ones saves their compile time")
     args = parser.parse_args()
+    chosen = tuple(v for v in VARIANTS if v in args.variants.split(","))
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown or not any(v.endswith("triton") for v in chosen):
+        parser.error(f"--variants: choose from {', '.join(VARIANTS)}, at least one Triton variant")
     if not args.cpu_smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; use --cpu-smoke for the CPU interpreter run", file=sys.stderr)
         return 2
     device = "cpu" if args.cpu_smoke else "cuda"
     scale = 512 if args.cpu_smoke else 1
     # torch.compile on CPU would build C++ for every case: the smoke run skips that variant
-    variants = ("reference", "triton") if args.cpu_smoke else VARIANTS
+    variants = tuple(v for v in chosen if not v.startswith("compiled")) if args.cpu_smoke else chosen
     record_timing = ("token and elementwise ops: median of CUDA-graph replays (kernel time); *_call_ms: one eager "
                      "call with Python and launch overhead; decoder: median of eager calls (do_bench)")
     import triton

@@ -155,7 +155,8 @@ def _ln_modulate_bwd_kernel(g_ptr, x_ptr, w_ptr, b_ptr, scale_ptr, mean_ptr, rst
         b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         acc_w = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.float32)
         acc_b = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.float32)
-    for i in range(blocks_per_program):
+    i = 0
+    while i < blocks_per_program:  # not range(): Triton 3.6's interpreter cannot iterate over a run-time bound
         rows = (pid * blocks_per_program + i) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < M
         mask = row_ok[:, None] & col_ok[None, :]
@@ -180,6 +181,7 @@ def _ln_modulate_bwd_kernel(g_ptr, x_ptr, w_ptr, b_ptr, scale_ptr, mean_ptr, rst
         c2 = tl.sum(g_hat, axis=1)[:, None] / W
         gx = (g_hat - xhat * c1 - c2) * rstd
         tl.store(gx_ptr + r64 * W + cols[None, :], gx.to(gx_ptr.dtype.element_ty), mask=mask)
+        i += 1
     if AFFINE:
         tl.store(gw_ptr + pid * W + cols, tl.sum(acc_w, axis=0), mask=col_ok)
         tl.store(gb_ptr + pid * W + cols, tl.sum(acc_b, axis=0), mask=col_ok)

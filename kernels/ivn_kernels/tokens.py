@@ -83,7 +83,8 @@ def _spread_kernel(src_ptr, inv_ptr, fill_ptr, pos_ptr, out_ptr, sum_ptr, N, C, 
     if HAS_POS:
         pos = tl.load(pos_ptr + n64[:, None] * spn + c[None, :], mask=mask, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    for i in range(batches):
+    i = 0
+    while i < batches:  # not range(): Triton 3.6's interpreter cannot iterate over a run-time bound
         b = (tl.program_id(1) + i).to(tl.int64)
         j = tl.load(inv_ptr + b * N + n64, mask=row_ok, other=-1).to(tl.int64)
         hit = j >= 0
@@ -96,6 +97,7 @@ def _spread_kernel(src_ptr, inv_ptr, fill_ptr, pos_ptr, out_ptr, sum_ptr, N, C, 
         tl.store(out_ptr + (b * N + n64[:, None]) * C + c[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
         if SUM:
             acc += v
+        i += 1
     if SUM:
         tl.store(sum_ptr + n64[:, None] * C + c[None, :], acc.to(sum_ptr.dtype.element_ty), mask=mask)
 
@@ -114,7 +116,8 @@ def _merge_backward_kernel(g_ptr, inv_ptr, gvis_ptr, gpos_ptr, gfill_ptr, B, N, 
     acc_fill = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     g_rows = g_ptr + n64[:, None] * sgn + c[None, :]
     inv_rows = inv_ptr + n64
-    for _ in range(B):
+    i = 0
+    while i < B:
         g = tl.load(g_rows, mask=mask, other=0.0).to(tl.float32)
         acc_pos += g
         j = tl.load(inv_rows, mask=row_ok, other=-1).to(tl.int64)
@@ -124,6 +127,7 @@ def _merge_backward_kernel(g_ptr, inv_ptr, gvis_ptr, gpos_ptr, gfill_ptr, B, N, 
         g_rows += sgb
         inv_rows += N
         gvis_ptr += K * C
+        i += 1
     tl.store(gpos_ptr + n64[:, None] * C + c[None, :], acc_pos.to(gpos_ptr.dtype.element_ty), mask=mask)
     tl.store(gfill_ptr + tl.program_id(0) * C + c, tl.sum(acc_fill, axis=0), mask=c < C)
 
