@@ -103,10 +103,12 @@ def _spread_kernel(src_ptr, inv_ptr, fill_ptr, pos_ptr, out_ptr, sum_ptr, N, C, 
 
 
 @triton.jit
-def _merge_backward_kernel(g_ptr, inv_ptr, gvis_ptr, gpos_ptr, gfill_ptr, B, N, K, C, sgb, sgn,
+def _merge_backward_kernel(g_ptr, inv_ptr, gvis_ptr, gpos_ptr, gfill_ptr, N, K, C, sgb, sgn, B: tl.constexpr,
                            BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """One read of grad[B, N, C] per row block: visible rows go to gvis through the inverse map,
-    sum over clips to gpos[n], and this block's sum over mask-token rows to gfill[program]."""
+    sum over clips to gpos[n], and this block's sum over mask-token rows to gfill[program].
+    B is compiled in (one build per batch size): a while loop over a run-time B, which Triton 3.6's
+    interpreter would need, ran 13-22% slower in bf16 on an H100."""
     n = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.arange(0, BLOCK_C)
     row_ok = n < N
@@ -116,8 +118,7 @@ def _merge_backward_kernel(g_ptr, inv_ptr, gvis_ptr, gpos_ptr, gfill_ptr, B, N, 
     acc_fill = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     g_rows = g_ptr + n64[:, None] * sgn + c[None, :]
     inv_rows = inv_ptr + n64
-    i = 0
-    while i < B:
+    for _ in range(B):
         g = tl.load(g_rows, mask=mask, other=0.0).to(tl.float32)
         acc_pos += g
         j = tl.load(inv_rows, mask=row_ok, other=-1).to(tl.int64)
@@ -127,7 +128,6 @@ def _merge_backward_kernel(g_ptr, inv_ptr, gvis_ptr, gpos_ptr, gfill_ptr, B, N, 
         g_rows += sgb
         inv_rows += N
         gvis_ptr += K * C
-        i += 1
     tl.store(gpos_ptr + n64[:, None] * C + c[None, :], acc_pos.to(gpos_ptr.dtype.element_ty), mask=mask)
     tl.store(gfill_ptr + tl.program_id(0) * C + c, tl.sum(acc_fill, axis=0), mask=c < C)
 
@@ -253,8 +253,8 @@ def _merge_backward_op(grad: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Ten
     grad_pos = _triton.empty((n, c), grad.dtype, grad.device)
     fill_parts = _triton.empty((blocks, c), torch.float32, grad.device)
     _merge_backward_kernel[(blocks,)](
-        grad, _inverse_index(idx, n), grad_vis, grad_pos, fill_parts, b, n, k, c, grad.stride(0), grad.stride(1),
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+        grad, _inverse_index(idx, n), grad_vis, grad_pos, fill_parts, n, k, c, grad.stride(0), grad.stride(1),
+        B=b, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
     return grad_vis, fill_parts.sum(0).to(grad.dtype), grad_pos
 
