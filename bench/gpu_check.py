@@ -148,8 +148,9 @@ def table(rows: list[dict], variants: tuple[str, ...], unit: str) -> str:
         line = f"{r['op']:22s} {r['dtype']:9s} {r['pass']:8s}"
         line += "".join(f"{r[v + '_ms']:14.3f}" for v in variants)
         line += "".join(f"{r[v + '_' + unit]:18.4g}" for v in variants)
-        base = r["compiled_ms"] if "compiled_ms" in r else r["reference_ms"]
-        line += f"{base / min(r[v + '_ms'] for v in variants if v.endswith('triton')):9.2f}"
+        base = r.get("compiled_ms", r.get("reference_ms"))
+        best = min(r[v + "_ms"] for v in variants if v.endswith("triton"))
+        line += f"{base / best:9.2f}" if base else f"{'-':>9s}"
         lines.append(line)
     return "\n".join(lines)
 

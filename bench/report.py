@@ -40,6 +40,7 @@ from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World
 from ivn_fast.train.trainer import Trainer
 from ivn_kernels import set_kernels
+from ivn_kernels._triton import HAS_TRITON, triton
 
 A100_BF16_PEAK = 312e12  # datasheet dense bf16 rate that the paper's A100-hours were spent at
 K_MASH_VIDEOS, K710_VIDEOS = 1_100_000, 660_000
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "device": device_name, "torch": torch.__version__, "matmul_flops": peak,
+            "device": device_name, "torch": torch.__version__, "triton": triton.__version__ if HAS_TRITON else None, "matmul_flops": peak,
             "a100_bf16_peak_assumed": A100_BF16_PEAK, "command": "python -m bench.report " + " ".join(
                 sys.argv[1:] if argv is None else argv), "rows": rows}, indent=2) + "\n")
     return 0

@@ -152,9 +152,13 @@ def test_gpu_check_cpu_smoke(tmp_path):
     """bench/gpu_check.py end to end in its CPU mode (tiny sizes, interpreter), JSON included."""
     out = tmp_path / "kernels.json"
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
-    subprocess.run([sys.executable, str(script), "--cpu-smoke", "--no-tests", "--out", str(out)], check=True,
-                   capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(script), "--cpu-smoke", "--no-tests", "--variants", "triton",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text())
     assert record["decoder_parity"]["ok"]
     assert {r["op"] for r in record["ops"]} >= {"gather_C768", "merge_C1024", "ln_modulate", "q_sample"}
-    assert all(r["triton_ms"] > 0 for r in record["ops"] + record["decoder"])
+    assert all(r["triton_ms"] > 0 and "reference_ms" not in r for r in record["ops"] + record["decoder"])
+    bad = subprocess.run([sys.executable, str(script), "--cpu-smoke", "--variants", "reference"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "at least one Triton variant" in bad.stderr
