@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a fresh GPU machine with torch and triton installed:
-#   bench/gpu_all.sh [kernels] [kernel-tests] [train] [report-ablation] [report-ac] [report-bf16-decoder] [report-final] [bench]
-#   (default: all)
+#   bench/gpu_all.sh [kernels] [kernel-tests] [tune-tokens] [train] [report-ablation] [report-ac] [report-bf16-decoder] [report-final] [bench]
+#   (default: all but kernel-tests, which kernels includes, and tune-tokens)
 # Results (JSON and logs) go to $OUT (default bench/results); each part keeps going if another fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ for part in "${parts[@]}"; do
   case "$part" in
     kernels) python bench/gpu_check.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" ;;
     kernel-tests) python -m pytest -q -p no:cacheprovider tests/test_kernels_*.py 2>&1 | tee "$OUT/kernel-tests.log" ;;
+    tune-tokens) python -m bench.tune_tokens --json "$OUT/tune-tokens.json" 2>&1 | tee "$OUT/tune-tokens.log" ;;
     train) python -m ivn_fast.pretrain --max-steps 60 --train.progress false --output_dir /tmp/ivn-gpu-run \
              2>&1 | tee "$OUT/train.log" && python -m ivn_fast.pretrain --stage 2 --max-steps 30 \
              --train.progress false --output_dir /tmp/ivn-gpu-run 2>&1 | tee -a "$OUT/train.log" ;;

@@ -162,3 +162,17 @@ def test_gpu_check_cpu_smoke(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--cpu-smoke", "--variants", "reference"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "at least one Triton variant" in bad.stderr
+
+
+def test_tiling_sweep_cpu_smoke(tmp_path):
+    """bench.tune_tokens through the interpreter: every tiling tried gives the shipped tiling's
+    outputs and gradients, and the shipped one is always among those timed."""
+    out = tmp_path / "tune.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.tune_tokens", "--cpu-smoke", "--rows", "1,2", "--warps", "4",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert {(r["rows"], r["warps"]) for r in results} >= {(1, 4), (2, 4)}
+    assert all(r["rel_error"] <= 1e-5 and r["ms"] > 0 for r in results)
+    assert {r["op"] for r in results if r["shipped"]} == {"gather_C768", "gather_C1024", "merge_C768", "merge_C1024"}
