@@ -164,8 +164,9 @@ def main() -> int:
                         help=f"comma-separated variants to time (default all: {','.join(VARIANTS)}); "
                              "leaving out the compiled ones saves their compile time")
     args = parser.parse_args()
-    chosen = tuple(v for v in VARIANTS if v in args.variants.split(","))
-    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    asked = set(args.variants.split(","))
+    chosen = tuple(v for v in VARIANTS if v in asked)
+    unknown = asked - set(VARIANTS)
     if unknown or not any(v.endswith("triton") for v in chosen):
         parser.error(f"--variants: choose from {', '.join(VARIANTS)}, at least one Triton variant")
     if not args.cpu_smoke and not torch.cuda.is_available():

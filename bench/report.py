@@ -221,11 +221,11 @@ def run_row(name: str, args: argparse.Namespace, device: torch.device, peak: flo
     _, _, schedule_clips, paper = ROWS[name]
     row: dict[str, Any] = {"row": name, "batch": args.batch, "set": dict(args.set), **paper}
     sets = config_sets(args.set)
-    variants = [("eager", False, {})] + [("fast", True, dict(items)) for items in args.fast or [[]]]
+    variants = [("eager", False, [])] + [("fast", True, items) for items in args.fast or [[]]]
     results = []
     for i, (variant, fast, items) in enumerate(variants):
         cfg = row_config(name, args.batch, fast, root / "teachers", device, str(root / f"run-{name}-{i}"),
-                         sets=sets, fast_sets=config_sets(list(items.items())))
+                         sets=sets, fast_sets=config_sets(items))
         try:
             result = measure_step(cfg, args.steps, args.warmup, count_flops=not fast)
         except torch.OutOfMemoryError as e:
@@ -235,7 +235,7 @@ def run_row(name: str, args: argparse.Namespace, device: torch.device, peak: flo
             traceback.print_exc()
             result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
             _release(device)
-        results.append({"set": items, **result} if fast else result)
+        results.append({"set": dict(items), **result} if fast else result)
         print(json.dumps({"row": name, "path": variant, **results[-1]}), flush=True)  # kept if a later one dies
     eager = row["eager"] = results[0]
     row["fast"] = results[1:]
@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "device": device_name, "torch": torch.__version__, "triton": triton.__version__ if HAS_TRITON else None, "matmul_flops": peak,
+            "device": device_name, "torch": torch.__version__, "triton": triton.__version__ if HAS_TRITON else None,
+            "matmul_flops": peak,
             "a100_bf16_peak_assumed": A100_BF16_PEAK, "command": "python -m bench.report " + " ".join(
                 sys.argv[1:] if argv is None else argv), "rows": rows}, indent=2) + "\n")
     return 0

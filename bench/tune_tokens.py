@@ -4,11 +4,11 @@ replays and held against the measured copy bandwidth, each checked against the s
     python -m bench.tune_tokens [--rows 1,2,4,8,16] [--warps 4,8,16] [--json OUT]
     python -m bench.tune_tokens --cpu-smoke      # tiny sizes through the Triton interpreter
 
-The shipped tiling is `ivn_kernels.tokens._tiling` (about 4K elements a tile); this tool swaps it
-per run (the shipped one always among them), so a better one found here is a one-line change
-there. Outputs and gradients of every
-tiling must match the shipped one's (norm-relative 1e-5 in fp32, 1e-2 in bf16: only the order of
-the mask-token gradient's partial sums changes).
+The shipped tiling is `ivn_kernels.tokens._tiling` (about 4K elements a tile). This tool swaps in
+each candidate in turn, the shipped one always among them, so a better one found here is a
+one-line change there. Outputs and gradients of every tiling must match the shipped one's
+(norm-relative 1e-5 in fp32, 1e-2 in bf16: only the order of the mask-token gradient's partial
+sums changes).
 """
 
 from __future__ import annotations
