@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench.report import main, row_config
+from ivn_kernels._triton import HAS_TRITON, triton
 
 
 @pytest.mark.slow
@@ -34,7 +35,9 @@ def test_fast_variants_share_one_eager_baseline(tmp_path, capsys):
     out = tmp_path / "report.json"
     assert main(["--rows", "tiny", "--steps", "1", "--warmup", "0", "--batch", "2", "--fast", "train.compile=false",
                  "--fast", "train.compile=false,model.decoder.fp32=false", "--json", str(out)]) == 0
-    (row,) = json.loads(out.read_text())["rows"]
+    record = json.loads(out.read_text())
+    assert record["triton"] == (triton.__version__ if HAS_TRITON else None)
+    (row,) = record["rows"]
     assert [r["set"] for r in row["fast"]] == [{"train.compile": "false"},
                                                {"train.compile": "false", "model.decoder.fp32": "false"}]
     assert all(r["step_s"] > 0 and r["speedup"] > 0 for r in row["fast"])
