@@ -14,10 +14,12 @@ def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.fixture(autouse=True)
 def triton_mode(monkeypatch):
-    """Force the Triton path and fill every kernel buffer with NaN before the kernel writes it."""
+    """Force the Triton path and fill every kernel buffer with junk before the kernel writes it: NaN,
+    or 0 in index maps (a valid index, so an entry left unwritten gives a wrong result)."""
 
     def poisoned(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        junk = float("nan") if dtype.is_floating_point else 0
+        return torch.full(shape, junk, dtype=dtype, device=device)
 
     monkeypatch.setattr(_triton, "empty", poisoned)
     with ivn_kernels.using("triton"):

@@ -10,6 +10,7 @@ import torch
 
 import ivn_kernels
 from kernel_helpers import check_device, rel, triton_mode  # noqa: F401 (triton_mode: autouse fixture)
+from ivn_kernels import tokens as kt
 from ivn_kernels.tokens import gather_tokens, gather_tokens_reference, merge_tokens, merge_tokens_reference
 
 pytestmark = pytest.mark.skipif(not ivn_kernels.HAS_TRITON, reason="triton is not installed")
@@ -72,6 +73,17 @@ def test_merge_matches_reference(device, shape, strided):
     g = torch.randn_like(ref)
     for got, want in zip(grads(out, g, inputs), grads(ref, g, inputs)):
         assert rel(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inverse_index(device):
+    """The one-kernel inverse map (fill, barrier, scatter) against scatter_ into a filled map."""
+    check_device(device)
+    b, n, k = 3, 2500, 1100  # more than one 1024-wide block for the fill and the scatter
+    idx = random_idx(b, n, k, device, strided=True)
+    want = torch.full((b, n), -1, dtype=torch.int32, device=device)
+    want.scatter_(1, idx, torch.arange(k, dtype=torch.int32, device=device).expand(b, k))
+    assert torch.equal(kt._inverse_index(idx, n), want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 kernels are checked on CUDA")

@@ -7,8 +7,8 @@ the PyTorch reference as `ivn_kernels.use_triton` says.
 Kernels: one program per block of rows, the whole channel dimension in one masked, vectorised
 row load, fp32 arithmetic. Index rows must be unique within a clip (true of every mask), which
 lets both backward passes scatter through an inverse index map with plain stores: no atomics,
-deterministic. The position-table gradient sums over the batch inside the program that owns
-those table rows.
+deterministic. One kernel builds that map (the merge forward keeps it for its backward). The
+position-table gradient sums over the batch inside the program that owns those table rows.
 """
 
 from __future__ import annotations
@@ -61,6 +61,26 @@ def _gather_kernel(x_ptr, idx_ptr, pos_ptr, out_ptr, K, C, sxb, sxn, sib, sik, s
         v += tl.load(pos_ptr + n[:, None] * spn + c[None, :], mask=mask).to(tl.float32)
     out = out_ptr + (b * K + k[:, None].to(tl.int64)) * C + c[None, :]
     tl.store(out, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _invert_kernel(idx_ptr, inv_ptr, N, K, sib, sik, BLOCK: tl.constexpr):
+    """inv[b, n] = k where idx[b, k] == n, else -1; one program per clip, so a barrier orders the
+    fill before the scatter (one launch where fill, arange and scatter_ took three)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    row = inv_ptr + b * N
+    start = 0
+    while start < N:  # while, not range(): see _spread_kernel
+        tl.store(row + start + offs, tl.full((BLOCK,), -1, tl.int32), mask=start + offs < N)
+        start += BLOCK
+    tl.debug_barrier()
+    start = 0
+    while start < K:
+        k = start + offs
+        n = tl.load(idx_ptr + b * sib + k * sik, mask=k < K, other=0)
+        tl.store(row + n, k.to(tl.int32), mask=k < K)
+        start += BLOCK
 
 
 @triton.jit
@@ -150,9 +170,9 @@ def _tiling(c: int) -> tuple[int, int, int]:
 def _inverse_index(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """inv[B, N]: position k of token n in idx[b], or -1 where n is not in idx[b]."""
     b, k = idx.shape
-    inv = torch.full((b, num_tokens), -1, dtype=torch.int32, device=idx.device)
-    arange = torch.arange(k, dtype=torch.int32, device=idx.device).expand(b, k)
-    return inv.scatter_(1, idx, arange)
+    inv = _triton.empty((b, num_tokens), torch.int32, idx.device)
+    _invert_kernel[(b,)](idx, inv, num_tokens, k, idx.stride(0), idx.stride(1), BLOCK=1024, num_warps=4)
+    return inv
 
 
 def _spread(src: torch.Tensor, inv: torch.Tensor, fill: torch.Tensor | None, pos: torch.Tensor | None,
@@ -231,22 +251,25 @@ _gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
 
 @torch.library.custom_op("ivn::merge_tokens", mutates_args=())
 def _merge_op(vis: torch.Tensor, idx: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor,
-              num_tokens: int) -> torch.Tensor:
-    out, _ = _spread(vis, _inverse_index(idx, num_tokens), mask_token, _rows_last_contiguous(pos), False)
-    return out
+              num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(merged [B, N, C], the inverse index [B, N] that the backward reuses)."""
+    inv = _inverse_index(idx, num_tokens)
+    out, _ = _spread(vis, inv, mask_token, _rows_last_contiguous(pos), False)
+    return out, inv
 
 
 @_merge_op.register_fake
 def _(vis: torch.Tensor, idx: torch.Tensor, mask_token: torch.Tensor, pos: torch.Tensor,
-      num_tokens: int) -> torch.Tensor:
-    return vis.new_empty(vis.shape[0], num_tokens, vis.shape[-1])
+      num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return vis.new_empty(vis.shape[0], num_tokens, vis.shape[-1]), idx.new_empty(idx.shape[0], num_tokens,
+                                                                                  dtype=torch.int32)
 
 
 @torch.library.custom_op("ivn::merge_tokens_backward", mutates_args=())
-def _merge_backward_op(grad: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _merge_backward_op(grad: torch.Tensor, inv: torch.Tensor,
+                       k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_vis [B, K, C], grad_mask_token [C], grad_pos [N, C]) from one pass over grad."""
     b, n, c = grad.shape
-    k = idx.shape[1]
     grad = _rows_last_contiguous(grad)
     block_r, block_c, warps = _tiling(c)
     blocks = triton.cdiv(n, block_r)
@@ -254,25 +277,26 @@ def _merge_backward_op(grad: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Ten
     grad_pos = _triton.empty((n, c), grad.dtype, grad.device)
     fill_parts = _triton.empty((blocks, c), torch.float32, grad.device)
     _merge_backward_kernel[(blocks,)](
-        grad, _inverse_index(idx, n), grad_vis, grad_pos, fill_parts, n, k, c, grad.stride(0), grad.stride(1),
+        grad, inv, grad_vis, grad_pos, fill_parts, n, k, c, grad.stride(0), grad.stride(1),
         B=b, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
     return grad_vis, fill_parts.sum(0).to(grad.dtype), grad_pos
 
 
 @_merge_backward_op.register_fake
-def _(grad: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _(grad: torch.Tensor, inv: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, n, c = grad.shape
-    return grad.new_empty(b, idx.shape[1], c), grad.new_empty(c), grad.new_empty(n, c)
+    return grad.new_empty(b, k, c), grad.new_empty(c), grad.new_empty(n, c)
 
 
 def _merge_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(inputs[1])
+    ctx.save_for_backward(output[1])
+    ctx.k = inputs[1].shape[1]
 
 
-def _merge_backward(ctx, grad: torch.Tensor):
-    (idx,) = ctx.saved_tensors
-    grad_vis, grad_mask, grad_pos = torch.ops.ivn.merge_tokens_backward(grad, idx)
+def _merge_backward(ctx, grad: torch.Tensor, _grad_inv: None):
+    (inv,) = ctx.saved_tensors
+    grad_vis, grad_mask, grad_pos = torch.ops.ivn.merge_tokens_backward(grad, inv, ctx.k)
     return grad_vis, None, grad_mask, grad_pos, None
 
 
@@ -298,4 +322,4 @@ def merge_tokens(
     everywhere, in vis's dtype."""
     if not use_triton(vis):
         return merge_tokens_reference(vis, idx, mask_token, pos, num_tokens)
-    return torch.ops.ivn.merge_tokens(vis, idx, mask_token.to(vis.dtype), pos.to(vis.dtype), num_tokens)
+    return torch.ops.ivn.merge_tokens(vis, idx, mask_token.to(vis.dtype), pos.to(vis.dtype), num_tokens)[0]
