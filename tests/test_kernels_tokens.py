@@ -76,6 +76,28 @@ def test_merge_matches_reference(device, shape, strided):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 37, 13, 40), (2, 20, 7, 768)])
+def test_cut_tiling_matches_reference(device, shape, monkeypatch):
+    """Column blocks narrower than C (the last one partial) and two clips in flight, the tiling
+    options bench.tune_tokens sweeps, against the references."""
+    check_device(device)
+    monkeypatch.setattr(kt, "_tiling", lambda c: kt.Tiling(rows=2, block_c=16, warps=4, prefetch=True))
+    b, n, k, c = shape
+    x, pos = leaf(torch.randn(b, n, c, device=device)), leaf(torch.randn(n, c, device=device))
+    vis, mask_token = leaf(torch.randn(b, k, c, device=device)), leaf(torch.randn(c, device=device))
+    idx = random_idx(b, n, k, device, False)
+    for fn, ref, inputs, leaves in (
+        (gather_tokens, gather_tokens_reference, (x, idx, pos), [x, pos]),
+        (merge_tokens, merge_tokens_reference, (vis, idx, mask_token, pos, n), [vis, mask_token, pos]),
+    ):
+        out, want = fn(*inputs), ref(*inputs)
+        assert rel(out, want) < 1e-6
+        g = torch.randn_like(want)
+        for got, expected in zip(grads(out, g, leaves), grads(want, g, leaves)):
+            assert rel(got, expected) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_inverse_index(device):
     """The one-kernel inverse map (fill, barrier, scatter) against scatter_ into a filled map."""
     check_device(device)
@@ -180,11 +202,13 @@ def test_tiling_sweep_cpu_smoke(tmp_path):
     """bench.tune_tokens through the interpreter: every tiling tried gives the shipped tiling's
     outputs and gradients, and the shipped one is always among those timed."""
     out = tmp_path / "tune.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.tune_tokens", "--cpu-smoke", "--rows", "1,2", "--warps", "4",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-m", "bench.tune_tokens", "--cpu-smoke", "--rows", "1,2", "--warps", "16",
+                           "--block-c", "0,256", "--prefetch", "0,1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     results = json.loads(out.read_text())["results"]
-    assert {(r["rows"], r["warps"]) for r in results} >= {(1, 4), (2, 4)}
+    # 1 row of a 256-wide block would leave 16 warps idle: skipped; the rest, both prefetch forms, timed
+    assert {r["tiling"] for r in results} == {"r1 w16 crow", "r1 w16 crow pf", "r2 w16 crow", "r2 w16 crow pf",
+                                              "r2 w16 c256", "r2 w16 c256 pf", "r4 w8 crow"}
     assert all(r["rel_error"] <= 1e-5 and r["ms"] > 0 for r in results)
     assert {r["op"] for r in results if r["shipped"]} == {"gather_C768", "gather_C1024", "merge_C768", "merge_C1024"}
