@@ -95,6 +95,19 @@ def _setup_logging(is_main: bool, out_dir: str) -> None:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
 
 
+def _fail(error: Exception, status: int) -> int:
+    """One line on stderr, the processes shut down, the exit status. An error raised in a data
+    worker arrives with the worker's traceback in its text: only its message is printed."""
+    from ivn_fast.train.distributed import shutdown
+
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    print(f"ivn_fast.pretrain: error: {text}", file=sys.stderr)
+    shutdown()
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, args = parse_config(argv)
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from ivn_fast.models.attention import set_backend
     from ivn_fast.train.distributed import init_distributed, shutdown
     from ivn_fast.data.health import TooManyBadSamples
+    from ivn_fast.data.lists import ListError
     from ivn_fast.train.checkpoint import CheckpointMismatch
     from ivn_fast.train.trainer import Trainer, resolve_device
     from ivn_kernels import set_kernels
@@ -133,17 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     log.info("preset %s, %d process(es), device %s, torch %s", args.preset, world.size, device, torch.__version__)
     try:
         trainer = Trainer(cfg, world, resume=args.resume)
-    except CheckpointMismatch as e:
-        print(f"ivn_fast.pretrain: error: {e}", file=sys.stderr)
-        shutdown()
-        return 2
+    except (CheckpointMismatch, ListError) as e:
+        return _fail(e, 2)
+    except TooManyBadSamples as e:  # the picture batch is read while the trainer is built
+        return _fail(e, 3)
     start = time.perf_counter()
     try:
         final = trainer.train()
     except TooManyBadSamples as e:
-        print(f"ivn_fast.pretrain: error: {e}", file=sys.stderr)
-        shutdown()
-        return 3
+        return _fail(e, 3)
     if world.is_main and final:
         log.info("done in %.1f s: step %d, loss %.4f; outputs in %s", time.perf_counter() - start,
                  final["step"], final["loss"], out_dir)

@@ -61,8 +61,9 @@ def test_spec_weights_and_duplicates(tmp_path):
     assert paths[:2] == ["x.mp4", "y.mp4"] and len(paths) == 2 + 25
     assert all(paths.count(f"b{i}.mp4") in (2, 3) for i in range(10))
     assert paths == [load_lists(f"{a},{b}:2.5", seed=1)[i].path for i in range(len(videos))]
-    with pytest.raises(ListError, match="weight must be > 0"):
-        parse_spec(f"{a}:0")
+    for weight in ("0", "nan", "inf", "1e400"):
+        with pytest.raises(ListError, match="weight must be a finite number > 0"):
+            parse_spec(f"{a}:{weight}")
     with pytest.raises(ListError, match="not found"):
         load_lists(str(tmp_path / "nope.txt"))
 
@@ -71,3 +72,30 @@ def test_no_flip_sources_match_by_substring(tmp_path):
     lst = write(tmp_path / "m.txt", "SSv2_train a.webm 1 -1 -1 0\nk400 b.mp4 1 -1 -1 0\n")
     videos = load_lists(str(lst), no_flip_sources=("ssv2", "sth"))
     assert [videos.flips(i) for i in range(2)] == [False, True]
+
+
+def test_bad_windows_encodings_and_labels_name_the_file(tmp_path, caplog):
+    for text, message in (("s a.mp4 3.0 0 inf 1\n", r"inf\.txt:1: total_time, start and end must be finite"),
+                          ("s a.mp4 3.0 nan 2 1\n", "must be finite"),
+                          ("s a.mp4 9.0 5 2 1\n", r"ends \(2 s\) before it starts \(5 s\)"),
+                          ("a.mp4 99999999999999999999\n", r"label 99999999999999999999 is outside .*2147483647")):
+        with pytest.raises(ListError, match=message):
+            read_list(write(tmp_path / "inf.txt", text))
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(b"ok.mp4 1\n/x/caf\xe9.mp4 1\n")
+    with pytest.raises(ListError, match=r"latin1\.txt: not UTF-8 text"):
+        read_list(latin)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeff/v/a.mp4 0\n".encode("utf-8"))
+    assert read_list(bom)[0].path == "/v/a.mp4"
+    with caplog.at_level("WARNING", logger="ivn_fast"):
+        assert [e.path for e in read_list(write(tmp_path / "h.txt", "/v/a.mp4 3.0\n/v/b.mp4 1\n"))] == ["/v/b.mp4"]
+    assert "h.txt:1: '/v/a.mp4 3.0' is not an entry; read as a header line" in caplog.text
+
+
+def test_a_weight_that_takes_nothing_is_logged(tmp_path, caplog):
+    one, three = write(tmp_path / "one.txt", "a.mp4 0\n"), write(tmp_path / "three.txt", "b.mp4 0\nc.mp4 0\nd.mp4 0\n")
+    with caplog.at_level("INFO", logger="ivn_fast"):
+        assert len(load_lists(f"{one},{three}:0.1")) == 1
+    assert "three.txt: 3 clips, weight 0.1: none taken" in caplog.text
+    assert "one.txt: 1 clips, weight 1: 1 per epoch" in caplog.text

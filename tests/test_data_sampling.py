@@ -69,6 +69,10 @@ def test_multiscale_crop_sizes_pairs_offsets_and_flip():
     assert not any(multiscale_crop(h, w, size, rng, flip=False).flip for _ in range(50))
     # a side within 3 px of the input size snaps to it
     assert {multiscale_crop(226, 226, 224, rng).height for _ in range(200)} == {224, 197, 169, 149}
+    # a frame 1 px high still gives a crop to resize (int(1 * 0.875) would be none)
+    thin = [multiscale_crop(1, 16, 112, rng) for _ in range(50)]
+    assert all(c.height == 1 and 1 <= c.width <= 16 for c in thin)
+    assert cut(torch.zeros(2, 1, 16, 3, dtype=torch.uint8), thin[0], 8).shape == (3, 2, 8, 8)
 
 
 def test_view_crops_slide_along_the_longer_side():

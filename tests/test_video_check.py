@@ -70,3 +70,37 @@ def test_training_on_real_files_skips_and_counts_bad_ones(folder, tmp_path):
     assert last["bad_samples"] == sum(v for k, v in last.items() if k.startswith("bad_") and k != "bad_samples")
     assert set(k for k in last if k.startswith("bad_")) - {"bad_samples"} <= {"bad_unreadable", "bad_truncated",
                                                                                "bad_missing"}
+
+
+def test_lists_that_cannot_feed_a_run_stop_it_with_one_line(folder, tmp_path, capsys):
+    base = ["--data.num_workers", "1", "--train.batch_size", "4", "--max-steps", "1", "--train.progress", "false",
+            "--train.tensorboard", "false", "--model.encoder.depth", "2", "--model.teacher.num_layers", "2",
+            "--data.num_frames", "4", "--data.size", "56"]
+    (tmp_path / "two.txt").write_text(f"{folder / 'clip0.mp4'} 0\n{folder / 'clip1.webm'} 1\n")
+    assert pretrain_main([*base, "--data.train-list", str(tmp_path / "two.txt"), "--output_dir", str(tmp_path / "a")]) == 2
+    assert "2 clips, fewer than one global batch (train.batch_size 4)" in capsys.readouterr().err
+    # every path missing under a wrong root: the worker's error arrives as one line, not its traceback
+    assert pretrain_main([*base, "--data.train-list", str(folder / "train.txt"), "--data.root", str(tmp_path / "no"),
+                          "--output_dir", str(tmp_path / "b")]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "videos in a row could not be read (missing" in err
+    with pytest.raises(SystemExit) as usage:
+        check_main([str(tmp_path / "two.txt"), "--num-frames", "0"])
+    assert usage.value.code == 2 and "--num-frames must be >= 1" in capsys.readouterr().err
+
+
+def test_an_error_from_a_data_worker_is_printed_as_its_message(capsys):
+    from torch._utils import ExceptionWrapper
+
+    from ivn_fast.data.health import TooManyBadSamples
+    from ivn_fast.pretrain import _fail
+
+    try:
+        raise TooManyBadSamples("12 videos in a row could not be read")
+    except TooManyBadSamples:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(TooManyBadSamples) as raised:
+        wrapped.reraise()
+    assert "Original Traceback" in str(raised.value)
+    assert _fail(raised.value, 3) == 3
+    assert capsys.readouterr().err == "ivn_fast.pretrain: error: 12 videos in a row could not be read\n"

@@ -7,7 +7,7 @@ import pytest
 import ivn_fast.data.pyav as pyav
 from ivn_fast.data.health import BadVideo
 from ivn_fast.data.pyav import PyAVVideo
-from video_helpers import CODECS, frame_number, write_audio_only, write_video
+from video_helpers import CODECS, frame_number, write_audio_only, write_size_change, write_video
 
 
 def numbers_of(path, wanted):
@@ -59,6 +59,16 @@ def test_odd_frame_sizes(tmp_path, codec, pix_fmt):
     with PyAVVideo(str(path)) as video:
         frames = video.read(np.arange(4))
     assert frames.shape == (4, 131, 227, 3) and [frame_number(f) for f in frames] == [0, 1, 2, 3]
+
+
+def test_a_size_change_midstream_keeps_the_first_frames_size(tmp_path):
+    path = write_size_change(tmp_path / "resize", [(64, 48), (96, 80)], frames_each=8)
+    with PyAVVideo(str(path)) as video:
+        for wanted, size in (([2, 12], (48, 64)), ([12, 2], (80, 96))):
+            frames = video.read(np.asarray(wanted))
+            assert frames.shape == (2, *size, 3)
+            # a rescaled frame's painted level moves by up to one frame's step
+            assert all(abs(frame_number(f) - n) <= 1 for f, n in zip(frames, wanted))
 
 
 @pytest.mark.parametrize("degrees, turns", [(90, 1), (-90, -1), (180, 2)])

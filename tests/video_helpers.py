@@ -65,6 +65,33 @@ def write_video(path: Path, codec: str = "h264", *, frames: int = 12, width: int
     return path
 
 
+def write_size_change(path: Path, sizes: list[tuple[int, int]], frames_each: int = 8, fps: int = 16) -> Path:
+    """One H.264 stream in MPEG-TS whose frame size changes between segments, as broadcast
+    captures do: each (width, height) segment is encoded on its own and muxed on one clock."""
+    path = Path(path).with_suffix(".ts")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("h264", rate=fps)
+        stream.width, stream.height = sizes[0]
+        for seg, (width, height) in enumerate(sizes):
+            encoder = av.CodecContext.create("libx264", "w")
+            encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+            encoder.time_base, encoder.framerate = Fraction(1, fps), Fraction(fps)
+            encoder.options = {"bf": "0", "preset": "ultrafast"}
+            packets = []
+            for i in range(frames_each):
+                n = seg * frames_each + i
+                frame = av.VideoFrame.from_ndarray(paint(n, height, width), format="rgb24").reformat(format="yuv420p")
+                frame.pts, frame.time_base = i, encoder.time_base
+                packets += encoder.encode(frame)
+            packets += encoder.encode(None)
+            for packet in packets:
+                packet.pts += seg * frames_each
+                packet.dts += seg * frames_each
+                packet.time_base, packet.stream = encoder.time_base, stream
+                out.mux(packet)
+    return path
+
+
 def write_audio_only(path: Path, seconds: float = 0.5) -> Path:
     path = Path(path).with_suffix(".m4a")
     with av.open(str(path), "w") as out:

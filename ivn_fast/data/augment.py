@@ -51,7 +51,7 @@ def fixed_offsets(h: int, w: int, crop_h: int, crop_w: int) -> list[tuple[int, i
 def multiscale_crop(h: int, w: int, size: int, rng: np.random.Generator, flip: bool = True) -> Crop:
     """A training crop of an h x w frame (see the module docstring)."""
     base = min(h, w)
-    sides = [int(base * s) for s in SCALES]
+    sides = [max(1, int(base * s)) for s in SCALES]
     sides = [size if abs(s - size) < SNAP_PX else s for s in sides]
     pairs = [(ch, cw) for i, ch in enumerate(sides) for j, cw in enumerate(sides) if abs(i - j) <= MAX_DISTORT]
     crop_h, crop_w = pairs[int(rng.integers(len(pairs)))]

@@ -13,7 +13,7 @@ from ivn_fast.config import Config
 from ivn_fast.data.dali import DaliClips, dali_available
 from ivn_fast.data.dataset import VideoClips
 from ivn_fast.data.health import SkipCounter
-from ivn_fast.data.lists import load_lists
+from ivn_fast.data.lists import ListError, load_lists
 from ivn_fast.data.loader import StepBatchSampler, build_loader
 from ivn_fast.data.synthetic import SyntheticVideos
 from ivn_fast.train.distributed import sum_over_ranks
@@ -57,6 +57,9 @@ def build_train_data(cfg: Config, *, rank: int, world: int, start_step: int, dev
         keys = False
     else:
         dataset, keys = video_clips(cfg), True
+        if len(dataset) < batch:
+            raise ListError(f"data.train_list {d.train_list}: {len(dataset)} clips, fewer than one global batch "
+                            f"(train.batch_size {batch})")
     pictures = next(iter(build_loader(dataset, min(4, len(dataset)), rank=0, world=1, seed=seed + 1, start_step=0,
                                       num_workers=0, pin_memory=False, epoch_keys=keys)))["video"]
     decoder, why = ("synthetic", "") if d.source == "synthetic" else pick_decoder(d.decoder, device)

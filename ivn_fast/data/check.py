@@ -2,7 +2,8 @@
 
 Each distinct video is opened, sampled, decoded and cut exactly as training would (without
 replacing failures); the report gives totals, counts per reason and every bad entry, and can be
-written as JSON. The exit status is 1 when any entry is bad, so scripts can gate a launch on it.
+written as JSON. The exit status is 1 when any entry is bad, so scripts can gate a launch on it;
+2 is a usage error or a list that cannot be read.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="labels must lie in [0, N) (default: %(default)s, any)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    for name in ("num_frames", "size", "stride", "min_frames"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
     try:
         videos = load_lists(args.list, root=args.root, num_classes=args.num_classes)
     except (ListError, OSError) as e:

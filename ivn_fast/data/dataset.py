@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from ivn_fast.data import native
 from ivn_fast.data.augment import Crop, cut, multiscale_crop, view_crop
-from ivn_fast.data.health import BadVideo, encode_skips
+from ivn_fast.data.health import BadVideo, TooManyBadSamples, encode_skips
 from ivn_fast.data.lists import VideoList
 from ivn_fast.data.sampling import clip_indices
 
@@ -123,7 +123,7 @@ class VideoClips(Dataset):
             except BadVideo as e:
                 skips.append((e.reason, self.videos[j].path, e.detail))
         reasons = ", ".join(sorted({s[0] for s in skips}))
-        raise RuntimeError(f"{MAX_ATTEMPTS} videos in a row could not be read ({reasons}; last: {skips[-1][1]}): "
+        raise TooManyBadSamples(f"{MAX_ATTEMPTS} videos in a row could not be read ({reasons}; last: {skips[-1][1]}): "
                            "most of the list seems unreadable; check data.root and run "
                            "`python -m ivn_fast.data check LIST`")
 

@@ -21,6 +21,7 @@ forked from the main process share it without copying it page by page.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,11 @@ log = logging.getLogger("ivn_fast")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
                     ".ts", ".ogv")
 NO_LABEL = -1
+MAX_LABEL = 2**31 - 1
 
 
 class ListError(ValueError):
-    """A list that cannot be read, naming the file and line."""
+    """A list that cannot feed the run: unreadable (naming the file and line), empty, or too short."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,11 @@ def _parse_line(line: str, where: str) -> VideoEntry | None:
             label = _int(fields[-1])
             if label is None:
                 raise ListError(f"{where}: label {fields[-1]!r} is not an integer")
+            if not all(math.isfinite(v) for v in (total, start, end)):
+                raise ListError(f"{where}: total_time, start and end must be finite numbers of seconds")
             whole = -1.0 in (total, start, end)
+            if not whole and 0 <= end <= start:
+                raise ListError(f"{where}: the window ends ({end:g} s) before it starts ({start:g} s)")
             return VideoEntry(" ".join(fields[1:-4]), label, fields[0], -1.0 if whole else start,
                               -1.0 if whole else end)
     for sep in (",", None):
@@ -87,26 +93,34 @@ def read_list(path: str | os.PathLike, root: str = "", num_classes: int = 0) -> 
     p = Path(path)
     entries: list[VideoEntry] = []
     first = True
-    with open(p, encoding="utf-8") as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            where = f"{p}:{number}"
-            entry = _parse_line(line, where)
-            if entry is None:
-                if first:
-                    first = False
-                    continue  # header
-                raise ListError(f"{where}: cannot read {line!r} as 'path label' or "
-                                "'source path total_time start end label'")
-            first = False
-            if entry.label != NO_LABEL and (entry.label < 0 or (num_classes and entry.label >= num_classes)):
-                bound = f"[0, {num_classes})" if num_classes else ">= 0"
-                raise ListError(f"{where}: label {entry.label} is outside the class range {bound} "
-                                "(data.num_classes; -1 marks a clip with no label)")
-            video = entry.path if not root or os.path.isabs(entry.path) else os.path.join(root, entry.path)
-            entries.append(VideoEntry(video, entry.label, entry.source or p.stem, entry.start, entry.end))
+    number = 0
+    try:
+        with open(p, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first path
+            for number, raw in enumerate(f, 1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                where = f"{p}:{number}"
+                entry = _parse_line(line, where)
+                if entry is None:
+                    if first:
+                        first = False
+                        # loud where the line names a video: a real first entry may be lost
+                        named = line.split()[0].lower().endswith(VIDEO_EXTENSIONS)
+                        log.log(logging.WARNING if named else logging.INFO,
+                                "%s: %r is not an entry; read as a header line", where, line)
+                        continue
+                    raise ListError(f"{where}: cannot read {line!r} as 'path label' or "
+                                    "'source path total_time start end label'")
+                first = False
+                if entry.label != NO_LABEL and not 0 <= entry.label < (num_classes or MAX_LABEL + 1):
+                    bound = f"[0, {num_classes})" if num_classes else f"[0, {MAX_LABEL}]"
+                    raise ListError(f"{where}: label {entry.label} is outside the class range {bound} "
+                                    "(data.num_classes; -1 marks a clip with no label)")
+                video = entry.path if not root or os.path.isabs(entry.path) else os.path.join(root, entry.path)
+                entries.append(VideoEntry(video, entry.label, entry.source or p.stem, entry.start, entry.end))
+    except UnicodeDecodeError as e:
+        raise ListError(f"{p}: not UTF-8 text after line {number} ({e.reason})") from None
     return entries
 
 
@@ -133,8 +147,8 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
                 pass
             else:
                 path = head
-        if weight <= 0:
-            raise ListError(f"{item}: weight must be > 0")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ListError(f"{item}: weight must be a finite number > 0")
         parts.append((path, weight))
     if not parts:
         raise ListError(f"no list in {spec!r}")
@@ -194,8 +208,12 @@ def load_lists(spec: str, *, root: str = "", num_classes: int = 0, no_flip_sourc
             unique.append(e)
         whole, frac = divmod(weight, 1.0)
         take = np.random.default_rng([seed, n]).permutation(len(unique))[:round(frac * len(unique))]
-        mixed.extend(unique * int(whole) + [unique[i] for i in sorted(take)])
-        log.info("video list %s: %d clips, weight %g", path, len(unique), weight)
+        added = unique * int(whole) + [unique[i] for i in sorted(take)]
+        mixed.extend(added)
+        if added:
+            log.info("video list %s: %d clips, weight %g: %d per epoch", path, len(unique), weight, len(added))
+        else:
+            log.warning("video list %s: %d clips, weight %g: none taken", path, len(unique), weight)
     if duplicates:
         log.info("video lists: %d repeated paths dropped (first occurrence kept)", duplicates)
     return VideoList(mixed, no_flip_sources)

@@ -141,9 +141,10 @@ class PyAVVideo:
         if planes is not None:
             return planes
         arrays: dict[int, np.ndarray] = {}
+        size = {"width": frames[0].width, "height": frames[0].height}  # a stream may change size midway
         for frame in chosen.values():
             if id(frame) not in arrays:
-                rgb = self._to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+                rgb = self._to_rgb.reformat(frame, format="rgb24", threads=1, **size).to_ndarray()
                 quarter_turns = round(frame.rotation / 90) % 4
                 arrays[id(frame)] = np.rot90(rgb, quarter_turns) if quarter_turns else rgb
         return np.stack([arrays[id(f)] for f in frames])
