@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from ivn_fast.train.distributed import init_distributed, shutdown
     from ivn_fast.data.health import TooManyBadSamples
     from ivn_fast.data.lists import ListError
-    from ivn_fast.train.checkpoint import CheckpointMismatch
+    from ivn_fast.train.checkpoint import CheckpointError
     from ivn_fast.train.trainer import Trainer, resolve_device
     from ivn_kernels import set_kernels
 
@@ -141,24 +141,25 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(world.is_main, out_dir)
     set_backend(cfg.train.attention)
     set_kernels(cfg.train.kernels)
-    if world.is_main:
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            f.write(dumps(cfg))
     log.info("preset %s, %d process(es), device %s, torch %s", args.preset, world.size, device, torch.__version__)
     try:
         trainer = Trainer(cfg, world, resume=args.resume)
-    except (CheckpointMismatch, ListError) as e:
+    except (CheckpointError, ListError) as e:
         return _fail(e, 2)
     except TooManyBadSamples as e:  # the picture batch is read while the trainer is built
         return _fail(e, 3)
+    if world.is_main:  # only now: a refused resume leaves the checkpoints' config.json as it was
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            f.write(dumps(cfg))
     start = time.perf_counter()
     try:
         final = trainer.train()
     except TooManyBadSamples as e:
         return _fail(e, 3)
     if world.is_main and final:
-        log.info("done in %.1f s: step %d, loss %.4f; outputs in %s", time.perf_counter() - start,
-                 final["step"], final["loss"], out_dir)
+        loss = "-" if final["loss"] is None else f"{final['loss']:.4f}"  # None: the last window was all skipped
+        log.info("done in %.1f s: step %d, loss %s; outputs in %s", time.perf_counter() - start,
+                 final["step"], loss, out_dir)
     shutdown()
     return 0
 

@@ -1,6 +1,7 @@
 """End to end: the entry point trains, logs, checkpoints, draws, and resumes exactly."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -51,12 +52,49 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path):
             assert a[step][key] == pytest.approx(b[step][key], rel=1e-6, abs=1e-8), (step, key)
 
 
-def test_resume_with_another_config_names_the_fields(tmp_path, capsys):
+def test_resume_refuses_other_shapes_and_damage_and_names_schedule_changes(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(TINY + ["--max-steps", "2", "--output_dir", str(out)]) == 0
+    config = (out / "config.json").read_text()
     assert main(TINY + ["--max-steps", "4", "--output_dir", str(out), "--resume", "--model.encoder.depth", "2"]) == 2
     err = capsys.readouterr().err
     assert "model.encoder.depth" in err and "model.teacher.num_layers" not in err
+    assert (out / "config.json").read_text() == config  # the refused run's config is not recorded
+    # without --resume, an earlier run's checkpoints are neither continued nor pruned away
+    assert main(TINY + ["--max-steps", "4", "--output_dir", str(out)]) == 2
+    assert "holds an earlier run's checkpoints (newest step_00000002): pass --resume" in capsys.readouterr().err
+    assert main(TINY + ["--max-steps", "3", "--output_dir", str(out), "--resume", "--optim.lr", "0.01"]) == 0
+    assert "resuming with optim.lr = 0.01 (the checkpoint's run had 0.0015)" in (out / "train.log").read_text()
+    shard = next((out / "checkpoints" / "step_00000003").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert main(TINY + ["--max-steps", "4", "--output_dir", str(out), "--resume", "--optim.lr", "0.01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "step_00000003 cannot be read" in err and "move it aside" in err
+
+
+def test_a_non_finite_step_is_skipped_counted_and_left_out_of_the_averages(tmp_path, monkeypatch):
+    from ivn_fast.train.stage1 import Stage1Task
+
+    real, calls = Stage1Task.losses, []
+
+    def third_is_nan(self, model, video):
+        terms = real(self, model, video)
+        calls.append(None)
+        if len(calls) == 3:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(Stage1Task, "losses", third_is_nan)
+    out = tmp_path / "run"
+    assert main(TINY + ["--max-steps", "6", "--train.log_every", "2", "--output_dir", str(out)]) == 0
+    assert "step 3: non-finite loss or gradient on some rank, update skipped (1 so far)" in (out / "train.log").read_text()
+
+    def strict(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    records = [json.loads(line, parse_constant=strict) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_steps"]) for r in records] == [(2, 0), (4, 1), (6, 1)]
+    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
 
 
 def test_profile_writes_a_trace_and_the_top_operators(tmp_path):

@@ -110,6 +110,20 @@ def test_default_init_is_the_newest_stage1_checkpoint(stage1, tmp_path):
     assert (out / "stage2" / "checkpoints" / "step_00000002").is_dir()
 
 
+def test_resume_keeps_the_stage1_checkpoint_it_started_from(stage1, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(stage1, out)
+    assert main(TINY + ["--stage", "2", "--max-steps", "2", "--output_dir", str(out)]) == 0
+    started = latest_checkpoint(out / "checkpoints")
+    shutil.copytree(started, out / "checkpoints" / "step_00000099")  # Stage 1 trained on meanwhile
+    assert main(TINY + ["--stage", "2", "--max-steps", "3", "--output_dir", str(out), "--resume"]) == 0
+    meta = load_checkpoint(latest_checkpoint(out / "stage2" / "checkpoints"))
+    assert meta["step"] == 3 and meta["task"]["stage1_checkpoint"] == str(started)
+    shutil.rmtree(started)
+    assert main(TINY + ["--stage", "2", "--max-steps", "4", "--output_dir", str(out), "--resume"]) == 2
+    assert f"continues from Stage 1 checkpoint {started}, which is gone" in capsys.readouterr().err
+
+
 def test_missing_stage1_says_how_to_make_one(tmp_path, capsys):
     assert main(TINY + ["--stage", "2", "--max-steps", "2", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err

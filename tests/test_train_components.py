@@ -83,8 +83,12 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(CheckpointException):  # DCP's wrapper of the OSError
         _save(tmp_path, 4)
-    # the interrupted save left no complete-looking checkpoint behind
+    # the interrupted save left no complete-looking checkpoint behind, and the next save clears it away
     assert ckpt.latest_checkpoint(tmp_path).name == "step_00000003"
+    assert [p.name for p in tmp_path.glob(".tmp_*")] == [".tmp_step_00000004"]
+    monkeypatch.undo()
+    _save(tmp_path, 5)
+    assert not list(tmp_path.glob(".tmp_*")) and ckpt.latest_checkpoint(tmp_path).name == "step_00000005"
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -102,10 +102,21 @@ def save_checkpoint(root: Path, step: int, *, tensors: dict[str, Any], meta: dic
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_dir(root)  # the rename survives a power cut before anything is pruned
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(".tmp_" + PREFIX + "*"):  # left by saves that crashed
+            shutil.rmtree(stale, ignore_errors=True)
     barrier()
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _save_file(obj: Any, path: Path) -> None:
@@ -165,21 +176,27 @@ RESUME_MUST_MATCH = ("model", "mask", "loss", "stage2", "data.source", "data.num
                      "train.batch_size", "train.seed", "train.stage")
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint written by a run with a different config."""
+class CheckpointError(ValueError):
+    """A checkpoint this run cannot use (another config, stage or shape, unreadable, gone) or must
+    not write over (an earlier run's, without --resume)."""
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def changed_fields(saved: dict, current: dict, keys: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+    """(dotted name, saved value, current value) of the fields under `keys` whose values differ."""
+    a, b = _flat(saved), _flat(current)
+    return [(n, a.get(n), b.get(n)) for n in sorted(set(a) | set(b))
+            if any(n == k or n.startswith(k + ".") for k in keys) and a.get(n) != b.get(n)]
 
 
 def config_diff(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_MUST_MATCH) -> list[str]:
     """Dotted names of the fields under `keys` whose values differ."""
-
-    def flat(tree: Any, prefix: str) -> dict[str, Any]:
-        if not isinstance(tree, dict):
-            return {prefix: tree}
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else k))
-        return out
-
-    a, b = flat(saved, ""), flat(current, "")
-    names = sorted(set(a) | set(b))
-    return [n for n in names if any(n == k or n.startswith(k + ".") for k in keys) and a.get(n) != b.get(n)]
+    return [name for name, _, _ in changed_fields(saved, current, keys)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 log = logging.getLogger("ivn_fast")
@@ -31,7 +32,9 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
+        # strict JSON: NaN and infinities have no literal, so they are written as null
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+        self.file.write(json.dumps(record, allow_nan=False) + "\n")
         if self.tb is not None:
             step = record["step"]
             for key, value in record.items():
@@ -47,10 +50,14 @@ class MetricsWriter:
 
 def format_line(record: dict, max_steps: int) -> str:
     """`step 120/300 | loss 1.234 (mid 0.5 final 0.3 recon 0.4) | lr 1.2e-03 | 45.1 clips/s`."""
-    terms = " ".join(f"{k[5:]} {record[k]:.4f}" for k in record if k.startswith("loss_"))
-    parts = [f"step {record['step']}/{max_steps}", f"loss {record['loss']:.4f} ({terms})",
-             f"lr {record['lr']:.2e}", f"grad {record['grad_norm']:.2f}",
-             f"{record['clips_per_s']:.1f} clips/s", f"data {100 * record['data_wait_frac']:.0f}%"]
+    step = f"step {record['step']}/{max_steps}"
+    if record["loss"] is None:
+        parts = [step, "every step of this window skipped"]
+    else:
+        terms = " ".join(f"{k[5:]} {record[k]:.4f}" for k in record if k.startswith("loss_"))
+        parts = [step, f"loss {record['loss']:.4f} ({terms})", f"lr {record['lr']:.2e}",
+                 f"grad {record['grad_norm']:.2f}"]
+    parts += [f"{record['clips_per_s']:.1f} clips/s", f"data {100 * record['data_wait_frac']:.0f}%"]
     if record.get("skipped_steps"):
         parts.append(f"skipped {record['skipped_steps']}")
     if record.get("bad_samples"):

@@ -93,6 +93,10 @@ class Stage1Task:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mask_generator.set_state(state["mask_rng"])
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Nothing beyond the config: the teacher comes from model.teacher.path."""
+        return {}
+
     @torch.no_grad()
     def reconstruct(self, model: Stage1Model, video: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
         """Masked input, decoder reconstruction (visible patches kept) and original, in [0, 1].

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ivn_fast.config import Config, from_dict, to_dict
+from ivn_fast.config import Config, from_dict, run_dir, to_dict
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.losses import cosine_loss
 from ivn_fast.masks.multiblock import BlockSpec, multiblock_mask
@@ -20,6 +21,8 @@ from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.stage1 import token_grid
 from ivn_fast.viz import hide_tokens
 
+log = logging.getLogger("ivn_fast")
+
 # Stage 1 fields that fix the shapes Stage 2 inherits: (dotted name, needed when)
 _ENCODER_FIELDS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "num_cls", "qk_norm")
 _PREDICTOR_FIELDS = ("kind", "num_layers", "vit_depth", "vit_width", "vit_heads")
@@ -27,13 +30,26 @@ _DECODER_FIELDS = ("kind", "width", "depth")
 
 
 def find_stage1_checkpoint(cfg: Config) -> Path:
-    """stage2.init, or the newest Stage 1 checkpoint under OUTPUT_DIR/checkpoints."""
+    """stage2.init; else, when this run resumes, the Stage 1 checkpoint it started from (a newer
+    one may have been written since); else the newest Stage 1 checkpoint under OUTPUT_DIR/checkpoints.
+
+    A Stage 2 checkpoint under this run's directory means the run resumes: the trainer refuses a
+    fresh run there.
+    """
     if cfg.stage2.init:
         return Path(cfg.stage2.init)
+    own = ckpt.latest_checkpoint(run_dir(cfg) / "checkpoints")
+    started = ckpt.load_meta(own).get("task", {}).get("stage1_checkpoint") if own is not None else None
+    if started is not None:
+        started = Path(started)
+        if not (started / "state.pt").is_file():
+            raise ckpt.CheckpointError(f"{own} continues from Stage 1 checkpoint {started}, which is gone; "
+                                       "the frozen target cannot be rebuilt without it")
+        return started
     root = Path(cfg.output_dir) / "checkpoints"
     found = ckpt.latest_checkpoint(root)
     if found is None:
-        raise ckpt.CheckpointMismatch(
+        raise ckpt.CheckpointError(
             f"stage 2 needs a Stage 1 checkpoint: none under {root}; train Stage 1 first with the same "
             f"--output_dir, or pass --stage2.init DIR")
     return found
@@ -62,15 +78,16 @@ class Stage2Task:
         state = ckpt.load_checkpoint(path)
         saved = from_dict(state["config"])
         if saved.train.stage != 1:
-            raise ckpt.CheckpointMismatch(f"{path} is a Stage {saved.train.stage} checkpoint, not Stage 1")
+            raise ckpt.CheckpointError(f"{path} is a Stage {saved.train.stage} checkpoint, not Stage 1")
         diff = stage1_mismatch(state["config"], cfg)
         if diff:
-            raise ckpt.CheckpointMismatch(f"Stage 1 checkpoint {path} was trained with different shapes; "
+            raise ckpt.CheckpointError(f"Stage 1 checkpoint {path} was trained with different shapes; "
                                           f"differing fields: {', '.join(diff)}")
         if s2.w_recon > 0 and not any(k.startswith("decoder.") for k in state["model"]):
-            raise ckpt.CheckpointMismatch(f"stage2.w_recon needs a Stage 1 decoder, and {path} has none "
+            raise ckpt.CheckpointError(f"stage2.w_recon needs a Stage 1 decoder, and {path} has none "
                                           f"(it was trained with loss.terms={saved.loss.terms})")
         self.stage1_path = path
+        log.info("stage 2 starts from Stage 1 checkpoint %s", path)
         self.stage1 = state["model"]
         self.saved_grid = token_grid(saved)
         self.specs = (BlockSpec(s2.small_blocks, s2.small_scale, (s2.aspect_min, s2.aspect_max)),
@@ -83,7 +100,7 @@ class Stage2Task:
             load_stage1_weights(module, self.stage1, prefixes, self.cfg.model.encoder.num_cls,
                                 self.saved_grid, self.grid)
         except ValueError as e:
-            raise ckpt.CheckpointMismatch(f"{self.stage1_path}: {e}") from None
+            raise ckpt.CheckpointError(f"{self.stage1_path}: {e}") from None
 
     def _build_target(self) -> nn.Module:
         s2 = self.cfg.stage2
@@ -149,6 +166,10 @@ class Stage2Task:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mask_generator.set_state(state["mask_rng"])
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Where the student and the target came from: a resumed run rebuilds them from the same place."""
+        return {"stage1_checkpoint": str(self.stage1_path)}
 
     @torch.no_grad()
     def reconstruct(self, model: nn.Module, video: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:

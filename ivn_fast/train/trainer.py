@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
@@ -28,6 +29,9 @@ from ivn_fast.viz import save_clip_grid
 
 log = logging.getLogger("ivn_fast")
 
+# settings a resumed run may change, each change logged: the schedule and the optimiser's knobs
+RESUME_MAY_CHANGE = ("optim", "train.max_steps")
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -37,11 +41,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def window_means(window: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each logged value averaged over the window's applied steps (a skipped step is counted in
+    skipped_steps, not averaged in); None where every step of the window was skipped."""
+    applied = [r for r in window if r["applied"]]
+    keys = [k for k in window[-1] if k != "applied"]
+    return {k: sum(r[k] for r in applied) / len(applied) if applied else None for k in keys}
+
+
 class Trainer:
     def __init__(self, cfg: Config, world: World, *, resume: bool = False):
         self.cfg, self.world = cfg, world
         self.out_dir = run_dir(cfg)
         self.ckpt_root = self.out_dir / "checkpoints"
+        earlier = ckpt.latest_checkpoint(self.ckpt_root)
+        if earlier is not None and not resume:  # its pruning would delete this run's checkpoints first
+            raise ckpt.CheckpointError(f"{self.ckpt_root} holds an earlier run's checkpoints (newest {earlier.name}): "
+                                       "pass --resume to continue it, or another --output_dir to start afresh")
         device = resolve_device(cfg.train.device)
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
@@ -102,6 +118,7 @@ class Trainer:
                      "global_batch": self.cfg.train.batch_size},
             "world_size": self.world.size,
             "config": to_dict(self.cfg),
+            "task": self.task.checkpoint_meta(),
         }
 
     def local_state(self) -> dict[str, Any]:
@@ -112,13 +129,23 @@ class Trainer:
         if path is None:
             log.info("no checkpoint under %s: starting from step 0", self.ckpt_root)
             return
-        meta = ckpt.load_meta(path)
-        diff = ckpt.config_diff(meta["config"], to_dict(self.cfg))
-        if diff:
-            raise ckpt.CheckpointMismatch(
-                f"checkpoint {path} was written with a different config; differing fields: {', '.join(diff)}")
-        tensors = self.tensor_state()
-        ckpt.load_tensors_into(path, tensors)
+        try:
+            meta = ckpt.load_meta(path)
+            current = to_dict(self.cfg)
+            diff = ckpt.config_diff(meta["config"], current)
+            if diff:
+                raise ckpt.CheckpointError(
+                    f"checkpoint {path} was written with a different config; differing fields: {', '.join(diff)}")
+            tensors = self.tensor_state()
+            ckpt.load_tensors_into(path, tensors)
+        except ckpt.CheckpointError:
+            raise
+        except (Exception, CheckpointException) as e:  # a damaged file: which one, not a reader's traceback
+            cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # DCP nests tracebacks
+            raise ckpt.CheckpointError(f"checkpoint {path} cannot be read ({cause}); move it aside to resume "
+                                       "from the one before") from e
+        for name, old, new in ckpt.changed_fields(meta["config"], current, RESUME_MAY_CHANGE):
+            log.warning("resuming with %s = %r (the checkpoint's run had %r)", name, new, old)
         set_model_state_dict(self.model, tensors["model"])
         set_optimizer_state_dict(self.model, self.optimizer, tensors["optimizer"])
         if self.task.ema_target is not None:
@@ -175,12 +202,13 @@ class Trainer:
             self.skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
             log.warning("step %d: non-finite loss or gradient on some rank, update skipped (%d so far)",
-                        self.step, self.skipped)
+                        self.step + 1, self.skipped)
         self.step += 1
         values = torch.stack([v.detach().float() for v in terms.values()] + [grad_norm.float().to(self.device)])
         values = mean_over_ranks(values).tolist()
         record = dict(zip(list(terms) + ["grad_norm"], values))
         record["lr"] = lr
+        record["applied"] = ok
         return record
 
     # ------------------------------------------------------------------ loop
@@ -221,7 +249,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     elapsed = time.perf_counter() - t_window
-                    last = {k: sum(r[k] for r in window) / len(window) for k in window[-1]}
+                    last = window_means(window)
                     last.update(step=self.step, lr=window[-1]["lr"], skipped_steps=self.skipped,
                                 clips_per_s=len(window) * cfg.batch_size / elapsed,
                                 step_time_s=elapsed / len(window), data_wait_frac=wait_window / elapsed,
