@@ -238,15 +238,24 @@ _SIGLIP2_L = "weights/siglip2-large-patch16-256"
 _SIGLIP2_1B = "weights/siglip2-giant-opt-patch16-256"
 
 
-def _paper_run(encoder: dict, teacher: str, frames: int, batch: int, videos: int, epochs: int) -> dict:
+def _paper_run(encoder: dict, teacher: str, frames: int, batch: int, videos: int, epochs: int,
+               warmup_epochs: int = 5) -> dict:
     """A preset on the paper's schedule: `epochs` over `videos` clips, 5 warmup epochs."""
     per_epoch = videos // batch
     return {
         "model": {"encoder": encoder, "predictor": _MODERNBERT_L, "teacher": {"path": teacher}},
         "data": {"num_frames": frames, "size": 224},
         "train": {"batch_size": batch, "max_steps": per_epoch * epochs},
-        "optim": {"warmup_steps": per_epoch * 5},
+        "optim": {"warmup_steps": per_epoch * warmup_epochs},
     }
+
+
+def _released_run(encoder: dict, mask_ratio: float, name: str) -> dict:
+    """The released Stage 1 launch scripts, where they differ from the paper: mask ratio 0.75 (B)
+    or 0.7 (L), 62 epochs with 7 of warmup (and a ViT-L that is built as a ViT-L: the script's
+    model name builds a ViT-B)."""
+    return {**_paper_run(encoder, _SIGLIP2_1B, 16, 2048, 1_100_000, 62, warmup_epochs=7),
+            "mask": {"ratio": mask_ratio}, "output_dir": f"runs/{name}"}
 
 
 PRESETS: dict[str, tuple[str, dict]] = {
@@ -280,16 +289,25 @@ PRESETS: dict[str, tuple[str, dict]] = {
         "paper final Stage 1: ViT-L/14, 16 frames, SigLIP2-1B teacher, batch 2048, 50 epochs of K-Mash",
         {**_paper_run(_VIT_L, _SIGLIP2_1B, 16, 2048, 1_100_000, 50), "output_dir": "runs/vit-l"},
     ),
+    "vit-b-released": (
+        "vit-b as the released launch script runs it: mask ratio 0.75, 62 epochs with 7 of warmup",
+        _released_run(_VIT_B, 0.75, "vit-b-released"),
+    ),
+    "vit-l-released": (
+        "vit-l as the released launch script runs it: mask ratio 0.7, 62 epochs with 7 of warmup",
+        _released_run(_VIT_L, 0.7, "vit-l-released"),
+    ),
 }
 DEFAULT_PRESET = "tiny"
 
 
 def _paper_stage2(frames: int, batch: int, videos: int, epochs: int) -> dict:
-    """Stage 2 on the paper's schedule: lr 1e-4 (scaled per 256 clips), no warmup."""
+    """Stage 2 on the paper's schedule: lr 1e-4 per 256 clips like Stage 1's 1e-3 (the released
+    launcher scales both by batch / 256, min_lr too), no warmup."""
     return {
         "data": {"num_frames": frames},
         "train": {"batch_size": batch, "max_steps": videos // batch * epochs},
-        "optim": {"lr": 1e-4 * 256 / 2048, "warmup_steps": 0},
+        "optim": {"lr": 1e-4, "warmup_steps": 0},
     }
 
 
@@ -299,6 +317,9 @@ STAGE2_PRESETS: dict[str, dict] = {
     "vit-b-ablation": _paper_stage2(8, 1024, 660_000, 30),
     "vit-b": _paper_stage2(32, 2048, 1_100_000, 100),
     "vit-l": _paper_stage2(32, 1024, 1_100_000, 100),
+    # the scripts: 101 epochs, the ViT-B one at 14 clips x 128 GPUs
+    "vit-b-released": _paper_stage2(32, 1792, 1_100_000, 101),
+    "vit-l-released": _paper_stage2(32, 1024, 1_100_000, 101),
 }
 
 

@@ -22,6 +22,11 @@ def test_presets_match_the_paper_settings():
     # 50 epochs of 1.1M clips at batch 2048, 5 of them warmup
     assert b.train.max_steps == (1_100_000 // 2048) * 50 and b.optim.warmup_steps == (1_100_000 // 2048) * 5
     assert l.model.encoder.drop_path == 0.2 and b.model.encoder.drop_path == 0.1
+    # the released launch scripts: mask ratio 0.75 / 0.7, 62 epochs with 7 of warmup, ViT-L a ViT-L
+    rb, rl = build_config("vit-b-released"), build_config("vit-l-released")
+    assert (b.mask.ratio, rb.mask.ratio, rl.mask.ratio) == (0.8, 0.75, 0.7)
+    assert rb.train.max_steps == (1_100_000 // 2048) * 62 and rb.optim.warmup_steps == (1_100_000 // 2048) * 7
+    assert rl.model.encoder.depth == 24 and rl.model.encoder.drop_path == 0.2
     for name in PRESETS:
         validate(build_config(name), check_paths=False)
 

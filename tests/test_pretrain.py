@@ -87,7 +87,8 @@ def test_a_non_finite_step_is_skipped_counted_and_left_out_of_the_averages(tmp_p
     monkeypatch.setattr(Stage1Task, "losses", third_is_nan)
     out = tmp_path / "run"
     assert main(TINY + ["--max-steps", "6", "--train.log_every", "2", "--output_dir", str(out)]) == 0
-    assert "step 3: non-finite loss or gradient on some rank, update skipped (1 so far)" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "step 3: non-finite loss or gradient on some rank, update skipped (1 so far)" in log
 
     def strict(token):
         raise AssertionError(f"{token} is not JSON")

@@ -77,7 +77,8 @@ def test_lists_that_cannot_feed_a_run_stop_it_with_one_line(folder, tmp_path, ca
             "--train.tensorboard", "false", "--model.encoder.depth", "2", "--model.teacher.num_layers", "2",
             "--data.num_frames", "4", "--data.size", "56"]
     (tmp_path / "two.txt").write_text(f"{folder / 'clip0.mp4'} 0\n{folder / 'clip1.webm'} 1\n")
-    assert pretrain_main([*base, "--data.train-list", str(tmp_path / "two.txt"), "--output_dir", str(tmp_path / "a")]) == 2
+    short = ["--data.train-list", str(tmp_path / "two.txt"), "--output_dir", str(tmp_path / "a")]
+    assert pretrain_main([*base, *short]) == 2
     assert "2 clips, fewer than one global batch (train.batch_size 4)" in capsys.readouterr().err
     # every path missing under a wrong root: the worker's error arrives as one line, not its traceback
     assert pretrain_main([*base, "--data.train-list", str(folder / "train.txt"), "--data.root", str(tmp_path / "no"),

@@ -31,8 +31,9 @@ class AttentionPool(nn.Module):
     """Cross-attention pooling of a token set into one (or a few) vectors.
 
     query="mean" uses the tokens' mean as the query (the released final-feature pooling);
-    query="learned" uses learnable queries (V-JEPA's probe). Queries, keys and values each get
-    their own LayerNorm, the projections carry biases, the output is projected to out_dim.
+    query="learned" uses learnable queries (V-JEPA's probe). Keys and values each get their own
+    LayerNorm, and so does a mean query (learned queries are used as they are, as in V-JEPA); the
+    projections carry biases, the output is projected to out_dim.
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class AttentionPool(nn.Module):
         self.queries = nn.Parameter(torch.zeros(1, num_queries, dim)) if query == "learned" else None
         if self.queries is not None:
             nn.init.trunc_normal_(self.queries, std=0.02)
-        self.norm_q = nn.LayerNorm(dim, eps=1e-5)
+        self.norm_q = nn.LayerNorm(dim, eps=1e-5) if query == "mean" else nn.Identity()
         self.norm_k = nn.LayerNorm(dim, eps=1e-5)
         self.norm_v = nn.LayerNorm(dim, eps=1e-5)
         self.q = nn.Linear(dim, dim)

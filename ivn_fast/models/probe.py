@@ -12,8 +12,8 @@ PROBE_KINDS = ("attentive", "linear")
 
 
 class AttentiveProbe(nn.Module):
-    """One learnable query cross-attends to the tokens (LayerNorm on queries, keys and values),
-    a residual on the query, a 4x MLP block, then a linear classifier."""
+    """One learnable query cross-attends to the tokens (LayerNorm on keys and values), a residual
+    on the query, a 4x MLP block, then a linear classifier."""
 
     def __init__(self, dim: int, num_classes: int, num_heads: int):
         super().__init__()

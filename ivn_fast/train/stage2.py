@@ -144,7 +144,7 @@ class Stage2Task:
             stats[f"mask{v}_hidden_frac"] = torch.tensor(view.masked_frac)
             stats[f"mask{v}_block_tokens"] = torch.tensor(float(view.block_hw[0] * view.block_hw[1]))
         terms = {f"loss_pred{v}": value for v, value in enumerate(pred, start=1)}
-        total = sum(pred) / len(pred)
+        total = sum(pred)  # the two views' losses add, as in the released Stage 2 engine
         if visible:
             terms["loss_visible"] = sum(visible) / len(visible)
             total = total + s2.w_visible * terms["loss_visible"]

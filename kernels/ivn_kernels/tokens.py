@@ -5,10 +5,11 @@ mask tokens (+ position table).
 the PyTorch reference as `ivn_kernels.use_triton` says.
 
 Kernels: one program per block of rows (by default the whole channel dimension in one masked,
-vectorised row load; `Tiling` can cut it into column blocks), fp32 arithmetic. Index rows must be unique within a clip (true of every mask), which
-lets both backward passes scatter through an inverse index map with plain stores: no atomics,
-deterministic. One kernel builds that map (the merge forward keeps it for its backward). The
-position-table gradient sums over the batch inside the program that owns those table rows.
+vectorised row load; `Tiling` can cut it into column blocks), fp32 arithmetic. Index rows must be
+unique within a clip (true of every mask), which lets both backward passes scatter through an
+inverse index map with plain stores: no atomics, deterministic. One kernel builds that map (the
+merge forward keeps it for its backward). The position-table gradient sums over the batch inside
+the program that owns those table rows.
 """
 
 from __future__ import annotations
