@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a fresh GPU machine with torch and triton installed:
-#   bench/gpu_all.sh [kernels] [kernel-tests] [tune-tokens] [train] [report-ablation] [report-ac] [report-bf16-decoder] [report-final] [bench]
-#   (default: all but kernel-tests, which kernels includes, and tune-tokens)
+#   bench/gpu_all.sh [kernels] [kernel-tests] [tune-tokens] [profile-tokens] [train] [report-ablation] [report-ac]
+#                    [report-bf16-decoder] [report-final] [bench]
+#   (default: all but kernel-tests, which kernels includes, tune-tokens and profile-tokens)
 # Results (JSON and logs) go to $OUT (default bench/results); each part keeps going if another fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ for part in "${parts[@]}"; do
     kernels) python bench/gpu_check.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" ;;
     kernel-tests) python -m pytest -q -p no:cacheprovider tests/test_kernels_*.py 2>&1 | tee "$OUT/kernel-tests.log" ;;
     tune-tokens) python -m bench.tune_tokens --json "$OUT/tune-tokens.json" 2>&1 | tee "$OUT/tune-tokens.log" ;;
+    # each token op's kernels one by one: where a pass's time goes beyond its main kernel
+    profile-tokens) python -m bench.profile_op gather_C768 merge_C768 gather_C1024 merge_C1024 --rows 8 2>&1 \
+                      | tee "$OUT/profile-tokens.log" ;;
     train) python -m ivn_fast.pretrain --max-steps 60 --train.progress false --output_dir /tmp/ivn-gpu-run \
              2>&1 | tee "$OUT/train.log" && python -m ivn_fast.pretrain --stage 2 --max-steps 30 \
              --train.progress false --output_dir /tmp/ivn-gpu-run 2>&1 | tee -a "$OUT/train.log" ;;

@@ -1,6 +1,6 @@
 """Where one benchmark case spends its GPU time: the top kernels of a few profiled passes.
 
-    python bench/profile_op.py gather_C768 merge_C1024 [--dtype bfloat16] [--variant triton] [--forward]
+    python -m bench.profile_op gather_C768 merge_C1024 [--dtype bfloat16] [--variant triton] [--forward]
 """
 
 from __future__ import annotations
