@@ -7,7 +7,9 @@ that without a GPU. The ops run once on CPU tensors with every kernel launch cap
 instead of run, in float32 and bfloat16, forward and backward, under the shipped token tiling
 and a cut one with prefetch (the options bench.tune_tokens sweeps). Each distinct launch is then
 compiled to a cubin with the ptxas that ships with triton, and its registers, spills and shared
-memory are listed: with the warps, they bound how many programs an SM holds at once.
+memory are listed: with the warps, they bound how many programs an SM holds at once. Integer
+arguments compile as generic i32 / i64: a launch specialises those equal to 1 and adds alignment
+hints, so its build can differ a little from the one listed.
 """
 
 from __future__ import annotations

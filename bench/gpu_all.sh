@@ -26,7 +26,7 @@ for part in "${parts[@]}"; do
     # each token op's kernels one by one: where a pass's time goes beyond its main kernel
     profile-tokens) python -m bench.profile_op gather_C768 merge_C768 gather_C1024 merge_C1024 --rows 8 2>&1 \
                       | tee "$OUT/profile-tokens.log" ;;
-    train) python -m ivn_fast.pretrain --max-steps 60 --train.progress false --output_dir /tmp/ivn-gpu-run \
+    train) rm -rf /tmp/ivn-gpu-run && python -m ivn_fast.pretrain --max-steps 60 --train.progress false --output_dir /tmp/ivn-gpu-run \
              2>&1 | tee "$OUT/train.log" && python -m ivn_fast.pretrain --stage 2 --max-steps 30 \
              --train.progress false --output_dir /tmp/ivn-gpu-run 2>&1 | tee -a "$OUT/train.log" ;;
     report-ablation) python -m bench.report --rows b8-align,b8-align-linear,b8-align-diffusion \

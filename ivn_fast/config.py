@@ -240,7 +240,8 @@ _SIGLIP2_1B = "weights/siglip2-giant-opt-patch16-256"
 
 def _paper_run(encoder: dict, teacher: str, frames: int, batch: int, videos: int, epochs: int,
                warmup_epochs: int = 5) -> dict:
-    """A preset on the paper's schedule: `epochs` over `videos` clips, 5 warmup epochs."""
+    """A preset on the paper's schedule: `epochs` over `videos` clips, the first `warmup_epochs`
+    of them warming up."""
     per_epoch = videos // batch
     return {
         "model": {"encoder": encoder, "predictor": _MODERNBERT_L, "teacher": {"path": teacher}},

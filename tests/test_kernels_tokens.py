@@ -106,6 +106,11 @@ def test_inverse_index(device):
     want = torch.full((b, n), -1, dtype=torch.int32, device=device)
     want.scatter_(1, idx, torch.arange(k, dtype=torch.int32, device=device).expand(b, k))
     assert torch.equal(kt._inverse_index(idx, n), want)
+    bad = idx.clone()
+    bad[0, 0], bad[1, 0] = -1, n  # out of range: written nowhere, not into a neighbouring clip's row
+    got = kt._inverse_index(bad, n)
+    want[0, idx[0, 0]], want[1, idx[1, 0]] = -1, -1
+    assert torch.equal(got, want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 kernels are checked on CUDA")

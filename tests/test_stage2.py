@@ -123,6 +123,11 @@ def test_resume_keeps_the_stage1_checkpoint_it_started_from(stage1, tmp_path, ca
     shutil.rmtree(started)
     assert main(TINY + ["--stage", "2", "--max-steps", "4", "--output_dir", str(out), "--resume"]) == 2
     assert f"continues from Stage 1 checkpoint {started}, which is gone" in capsys.readouterr().err
+    state = latest_checkpoint(out / "stage2" / "checkpoints") / "state.pt"
+    state.write_bytes(state.read_bytes()[:50])
+    assert main(TINY + ["--stage", "2", "--max-steps", "4", "--output_dir", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{state.parent} cannot be read" in err
 
 
 def test_missing_stage1_says_how_to_make_one(tmp_path, capsys):

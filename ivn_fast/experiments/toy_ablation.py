@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import os
 import statistics
 import sys
@@ -153,10 +154,12 @@ def run_seed(seed: int, size: Size, out: Path, device: torch.device, log: loggin
                                    "output_dir": str(runs[STAGE2_FROM])})
         else:
             runs[variant.key] = out / f"seed_{seed}" / variant.key
+            shutil.rmtree(runs[variant.key], ignore_errors=True)  # a rerun trains each variant afresh
             tree = _merge(common, {**variant.overrides, "output_dir": str(runs[variant.key])})
         record["pretrain"] = pretrain(tree)
-        log.info("seed %d %-22s pretrained in %6.1f s (%.2f s/step, final loss %.4f)", seed, variant.key,
-                 record["pretrain"]["seconds"], record["pretrain"]["step_s"], record["pretrain"]["loss"])
+        loss = record["pretrain"]["loss"]
+        log.info("seed %d %-22s pretrained in %6.1f s (%.2f s/step, final loss %s)", seed, variant.key,
+                 record["pretrain"]["seconds"], record["pretrain"]["step_s"], "-" if loss is None else f"{loss:.4f}")
     for variant, record in zip(VARIANTS, records):
         start = time.perf_counter()
         if variant.overrides is None:  # the shape of the pretrained encoders, weights drawn from the seed

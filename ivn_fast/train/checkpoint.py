@@ -99,6 +99,7 @@ def save_checkpoint(root: Path, step: int, *, tensors: dict[str, Any], meta: dic
     barrier()
     if rank == 0:
         _save_file(meta, tmp / "state.pt")
+        _fsync_dir(tmp)  # the files' directory entries, before the directory is renamed into place
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -136,6 +137,22 @@ def _dir(path: Path) -> Path:
 def load_meta(path: Path) -> dict[str, Any]:
     """rank 0's step, config, data position and skip count."""
     return torch.load(_dir(path) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """load_meta for a checkpoint a run resumes from: a damaged one is a CheckpointError naming it."""
+    try:
+        return load_meta(path)
+    except Exception as e:
+        raise unreadable(path, e) from e
+
+
+def unreadable(path: Path, error: BaseException) -> CheckpointError:
+    """The error for a checkpoint that cannot be read: which one, the reader's last line, what to do."""
+    text = str(error).strip()
+    cause = text.splitlines()[-1] if text else type(error).__name__  # DCP nests whole tracebacks
+    return CheckpointError(f"checkpoint {path} cannot be read ({cause}); move it aside to resume from the one "
+                           "before")
 
 
 def load_local(path: Path, rank: int) -> dict[str, Any] | None:

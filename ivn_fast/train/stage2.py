@@ -39,13 +39,16 @@ def find_stage1_checkpoint(cfg: Config) -> Path:
     if cfg.stage2.init:
         return Path(cfg.stage2.init)
     own = ckpt.latest_checkpoint(run_dir(cfg) / "checkpoints")
-    started = ckpt.load_meta(own).get("task", {}).get("stage1_checkpoint") if own is not None else None
-    if started is not None:
-        started = Path(started)
-        if not (started / "state.pt").is_file():
+    if own is not None:
+        started = ckpt.read_meta(own).get("task", {}).get("stage1_checkpoint")
+        if started is None:
+            log.warning("%s does not record its Stage 1 checkpoint (written by an older version): the newest "
+                        "one is used; pass --stage2.init to pin it", own)
+        elif not (Path(started) / "state.pt").is_file():
             raise ckpt.CheckpointError(f"{own} continues from Stage 1 checkpoint {started}, which is gone; "
                                        "the frozen target cannot be rebuilt without it")
-        return started
+        else:
+            return Path(started)
     root = Path(cfg.output_dir) / "checkpoints"
     found = ckpt.latest_checkpoint(root)
     if found is None:

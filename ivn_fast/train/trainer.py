@@ -129,21 +129,18 @@ class Trainer:
         if path is None:
             log.info("no checkpoint under %s: starting from step 0", self.ckpt_root)
             return
+        meta = ckpt.read_meta(path)
+        current = to_dict(self.cfg)
+        diff = ckpt.config_diff(meta["config"], current)
+        if diff:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} was written with a different config; differing fields: {', '.join(diff)}")
+        tensors = self.tensor_state()
         try:
-            meta = ckpt.load_meta(path)
-            current = to_dict(self.cfg)
-            diff = ckpt.config_diff(meta["config"], current)
-            if diff:
-                raise ckpt.CheckpointError(
-                    f"checkpoint {path} was written with a different config; differing fields: {', '.join(diff)}")
-            tensors = self.tensor_state()
             ckpt.load_tensors_into(path, tensors)
-        except ckpt.CheckpointError:
-            raise
+            local = ckpt.load_local(path, self.world.rank) if meta["world_size"] == self.world.size else None
         except (Exception, CheckpointException) as e:  # a damaged file: which one, not a reader's traceback
-            cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # DCP nests tracebacks
-            raise ckpt.CheckpointError(f"checkpoint {path} cannot be read ({cause}); move it aside to resume "
-                                       "from the one before") from e
+            raise ckpt.unreadable(path, e) from e
         for name, old, new in ckpt.changed_fields(meta["config"], current, RESUME_MAY_CHANGE):
             log.warning("resuming with %s = %r (the checkpoint's run had %r)", name, new, old)
         set_model_state_dict(self.model, tensors["model"])
@@ -152,7 +149,6 @@ class Trainer:
             set_model_state_dict(self.task.ema_target, tensors["ema_target"])
         self.step = meta["step"]
         self.skipped = meta["skipped_steps"]
-        local = ckpt.load_local(path, self.world.rank) if meta["world_size"] == self.world.size else None
         if local is not None:
             ckpt.set_rng_state(local["rng"])
             self.task.load_state_dict(local["task"])

@@ -82,7 +82,7 @@ def _invert_kernel(idx_ptr, inv_ptr, N, K, sib, sik, BLOCK: tl.constexpr):
     while start < K:
         k = start + offs
         n = tl.load(idx_ptr + b * sib + k * sik, mask=k < K, other=0)
-        tl.store(row + n, k.to(tl.int32), mask=k < K)
+        tl.store(row + n, k.to(tl.int32), mask=(k < K) & (n >= 0) & (n < N))  # a bad index writes nothing
         start += BLOCK
 
 
@@ -337,9 +337,10 @@ def _(grad: torch.Tensor, inv: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
 def _merge_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(output[1])
     ctx.k = inputs[1].shape[1]
+    ctx.set_materialize_grads(False)  # else autograd fills an int [B, N] zero "gradient" for inv
 
 
-def _merge_backward(ctx, grad: torch.Tensor, _grad_inv: None):
+def _merge_backward(ctx, grad: torch.Tensor, _grad_inv: torch.Tensor | None):
     (inv,) = ctx.saved_tensors
     grad_vis, grad_mask, grad_pos = torch.ops.ivn.merge_tokens_backward(grad, inv, ctx.k)
     return grad_vis, None, grad_mask, grad_pos, None
