@@ -29,7 +29,11 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("bench.compile_kernels compiles kernels: run it without TRITON_INTERPRET=1")
 
 import torch  # noqa: E402
-import triton  # noqa: E402
+
+try:
+    import triton
+except ImportError:
+    sys.exit("bench.compile_kernels needs triton: pip install -e \".[dev]\"")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402

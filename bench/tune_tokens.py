@@ -128,6 +128,8 @@ def main() -> int:
     parser.add_argument("--prefetch", default="0,1", help="1: the batch-walking kernels keep two clips in flight")
     parser.add_argument("--json", type=Path, default=None, help="write every timing here")
     args = parser.parse_args()
+    if not ivn_kernels.HAS_TRITON:
+        parser.error('needs triton: pip install -e ".[dev]"')
     if not args.cpu_smoke and not torch.cuda.is_available():
         parser.error("no CUDA device; use --cpu-smoke for the CPU interpreter run")
     device, scale = ("cpu", 512) if args.cpu_smoke else ("cuda", 1)

@@ -535,6 +535,10 @@ def _validate_data(d: DataConfig, check_paths: bool) -> None:
     _check(d.num_classes >= 0, "data.num_classes", "must be >= 0", d.num_classes)
     _check(0.0 <= d.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]", d.max_bad_fraction)
     _check(d.source != "list" or bool(d.train_list), "data.source", "list needs data.train_list", d.source)
+    if d.decoder == "dali":
+        from ivn_fast.data.dali import dali_available
+
+        _check(dali_available(), "data.decoder", "dali needs NVIDIA DALI (pip install ivn-fast[gpu])", d.decoder)
     if check_paths and d.source == "list":
         try:
             for path, _ in parse_spec(d.train_list):

@@ -43,9 +43,13 @@ def _checkpoint_encoder(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor]
 
 
 def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the checkpoint's encoder to `out` (replaced atomically if it exists)."""
-    weights, meta = _checkpoint_encoder(checkpoint)
+    """Write the checkpoint's encoder to `out`, replacing an earlier export there atomically; a
+    directory holding anything else is refused, never deleted."""
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(p.name not in (WEIGHTS, CONFIG) for p in out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not an exported encoder (it would be replaced): "
+                         "choose a new or empty directory")
+    weights, meta = _checkpoint_encoder(checkpoint)
     tmp = out.with_name(f".tmp_{out.name}_{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ivn_fast.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a step_XXXXXXXX checkpoint directory of either stage")
-    parser.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
+    parser.add_argument("--out", required=True,
+                        help="directory to write (an earlier export there is replaced; any other directory is refused)")
     args = parser.parse_args(argv)
     try:
         out = export_encoder(args.checkpoint, args.out)

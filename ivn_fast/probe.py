@@ -178,7 +178,7 @@ def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batc
         for k in label_keys:
             labels[k].append(torch.as_tensor(items[k]))
     if skips.bad:
-        log.warning("%d unreadable video(s) were replaced by other videos of the list (%s): the probe saw a "
+        log.warning("%d bad video(s) were replaced by other videos of the list (%s): the probe saw a "
                     "different set; `python -m ivn_fast.data check LIST` lists them", skips.bad,
                     ", ".join(f"{k[4:]} {n}" for k, n in skips.summary().items() if k != "bad_samples"))
     return torch.cat(tokens), {k: torch.cat(v) for k, v in labels.items()}
@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if args.device == "auto" else args.device))
         encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)

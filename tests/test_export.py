@@ -34,6 +34,12 @@ def test_export_round_trips_the_features(ckpt, tmp_path):
     video = torch.randn(2, 3, 4, 56, 56)  # another clip size than training: tables are resized
     with torch.no_grad():
         assert torch.equal(loaded(video).tokens, original(video).tokens)
+    # an earlier export is replaced; a directory holding anything else is refused and left alone
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "enc")]) == 0
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "run")]) == 2
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == "{}\n"
 
 
 def test_missing_checkpoint_and_export_give_clear_errors(tmp_path, capsys):

@@ -86,14 +86,16 @@ def test_stage2_ema_target_is_sharded_and_checkpointed(runs):
 @pytest.mark.parametrize("fp32", [True, False])
 def test_diffusion_head_precision_under_bf16_sharding(tmp_path, fp32):
     """One-process gloo group: blocks compute with bf16 weights; the diffusion head with float32
-    ones, or (fp32 false) with bf16 ones and its float32 residual stream left uncast."""
+    ones, or (fp32 false) with bf16 ones and its float32 residual stream left uncast. The clip
+    reaches the model uncast, so its pixel targets are the unsharded run's."""
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         cfg = build_config("tiny", {"data": {"num_frames": 2, "size": 28}, "model": {"decoder": {"fp32": fp32}}})
         model = Stage1Model(cfg.model, token_grid(cfg), teacher_width=64, teacher_final_width=32)
         assert shard_model(model, torch.bfloat16) > len(model.encoder.blocks)
         seen = {}
-        for name, module in (("encoder", model.encoder.blocks[0]), ("decoder", model.decoder.net.blocks[0])):
+        for name, module in (("root", model), ("encoder", model.encoder.blocks[0]),
+                             ("decoder", model.decoder.net.blocks[0])):
             module.register_forward_pre_hook(
                 lambda m, args, name=name: seen.__setitem__(name, (next(m.parameters()).dtype, args[0].dtype)))
         video = torch.randn(2, 3, 2, 28, 28)
@@ -101,7 +103,7 @@ def test_diffusion_head_precision_under_bf16_sharding(tmp_path, fp32):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(video, vis_idx)
         out.recon.backward()
-        assert seen["encoder"][0] == torch.bfloat16
+        assert seen["encoder"][0] == torch.bfloat16 and seen["root"][1] == torch.float32
         assert seen["decoder"] == ((torch.float32, torch.float32) if fp32 else (torch.bfloat16, torch.float32))
         assert all(p.grad is not None and p.grad.dtype == torch.float32
                    for p in model.decoder.parameters() if p.requires_grad)

@@ -174,4 +174,4 @@ def test_cli_counts_and_logs_unreadable_validation_videos(checkpoint, tmp_path, 
         assert probe_main(args) == 0
     messages = [r.getMessage() for r in caplog.records]
     assert any("gone.mp4" in m and "missing" in m for m in messages)
-    assert any(m.startswith("1 unreadable video(s) were replaced") and "missing 1" in m for m in messages)
+    assert any(m.startswith("1 bad video(s) were replaced") and "missing 1" in m for m in messages)

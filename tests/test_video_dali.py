@@ -95,3 +95,17 @@ def test_a_batch_dali_fails_on_is_decoded_by_pyav(tmp_path, monkeypatch):
         reference = torch.stack([ds[k]["video"] for k in next(keys)])
         assert float((denormalize(batch["video"], 1) - denormalize(reference, 1)).abs().mean()) * 255 < 2.5
     assert calls == [2, 2]
+
+
+def test_frames_past_the_end_repeat_the_last_one_as_in_pyav(tmp_path, monkeypatch):
+    """A stated frame count can run a frame or two long; PyAV then repeats the last frame, and so
+    must DALI (its default pads with black)."""
+    import numpy as np
+
+    path = write_video(tmp_path / "short", "vp9", frames=10)
+    ds = VideoClips(VideoList([VideoEntry(str(path), 0)] * 2), num_frames=4, size=24, seed=0)
+    real_plan = ds.plan
+    monkeypatch.setattr(ds, "plan", lambda key: real_plan(key)._replace(frames=np.array([0, 9, 10, 11])))
+    sampler = StepBatchSampler(len(ds), 2, seed=0, epoch_keys=True)
+    batch = next(iter(DaliClips(ds, sampler, 2, torch.device("cpu"))))
+    assert [shown_frames(clip) for clip in batch["video"]] == [[0, 9, 9, 9]] * 2

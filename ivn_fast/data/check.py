@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     report = check_list(clips, workers=args.workers, progress=not args.no_progress)
     print(format_report(report))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     return 1 if report["bad"] else 0

@@ -34,7 +34,10 @@ CODECS = {
 
 
 def dali_available() -> bool:
-    return importlib.util.find_spec("nvidia.dali") is not None
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:  # no `nvidia` package at all
+        return False
 
 
 def _pipeline(batch_size: int, threads: int, device_id: int | None, backend: str, size: int):
@@ -48,7 +51,8 @@ def _pipeline(batch_size: int, threads: int, device_id: int | None, backend: str
         roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
         roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
         mirror = fn.external_source(name="mirror", dtype=types.INT32, ndim=0)
-        video = fn.decoders.video(encoded, device=backend, frames=frames)
+        # frames past the end (a stated count a little long) repeat the last one, as PyAV gives them
+        video = fn.decoders.video(encoded, device=backend, frames=frames, pad_mode="edge")
         video = fn.resize(video, size=[size, size], roi_start=roi_start, roi_end=roi_end, antialias=True,
                           interp_type=types.INTERP_LINEAR)
         return fn.crop_mirror_normalize(video, mirror=mirror, mean=[255 * m for m in IMAGENET_MEAN],

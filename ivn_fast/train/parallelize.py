@@ -92,36 +92,35 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     return count
 
 
-def _diffusion_nets(model: nn.Module, fp32: bool) -> list[nn.Module]:
-    """The diffusion heads' networks that run in float32 (the reference's choice) or in bf16."""
+def _float32_diffusion_nets(model: nn.Module) -> list[nn.Module]:
+    """The diffusion heads' networks that run in float32 (the reference's choice)."""
     from ivn_fast.models.decoders import DiffusionDecoder
 
-    return [m.net for m in model.modules() if isinstance(m, DiffusionDecoder) and m.fp32 == fp32]
+    return [m.net for m in model.modules() if isinstance(m, DiffusionDecoder) and m.fp32]
 
 
 def shard_model(model: nn.Module, param_dtype: torch.dtype | None, *, forward_only: bool = False) -> int:
     """FSDP2 in place: `fully_shard` every repeated block, then the float32 subtrees, then the root.
 
     Parameters are sharded over all processes; each block's are gathered just before it runs and
-    freed after. `param_dtype` (bf16 on GPU) is the dtype blocks compute in, gradients are
-    reduced in float32, and the diffusion head keeps float32 throughout when asked to; a bf16
-    diffusion head's blocks get their inputs uncast, so its float32 residual stream stays float32.
+    freed after. `param_dtype` (bf16 on GPU) is the dtype they are gathered in, gradients are
+    reduced in float32, and a float32 diffusion head keeps float32 throughout. Inputs are never
+    cast: autocast picks each op's dtype, so a sharded run computes what one process would (the
+    raw clip and the pixel targets made from it, and float32 residual streams, keep their dtype).
     Returns how many units were sharded. The root stays gathered between forward and backward,
     unless the model only ever runs forward (an EMA target), whose weights must be back in shards
     for the update.
     """
-    mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    uncast = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    sharded = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
-    fp32 = _diffusion_nets(model, fp32=True)
-    policies = {id(m): policy for policy, trees in ((full, fp32), (uncast, _diffusion_nets(model, fp32=False)))
-                for tree in trees for m in tree.modules()}
+    fp32 = _float32_diffusion_nets(model)
+    in_fp32 = {id(m) for tree in fp32 for m in tree.modules()}
     count = 0
     for block in repeated_blocks(model):
-        fully_shard(block, mp_policy=policies.get(id(block), mixed))
+        fully_shard(block, mp_policy=full if id(block) in in_fp32 else sharded)
         count += 1
     for tree in fp32:
         fully_shard(tree, mp_policy=full)
         count += 1
-    fully_shard(model, mp_policy=mixed, reshard_after_forward=True if forward_only else None)
+    fully_shard(model, mp_policy=sharded, reshard_after_forward=True if forward_only else None)
     return count + 1

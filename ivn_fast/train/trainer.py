@@ -71,6 +71,9 @@ class Trainer:
         task_cls = Stage2Task if cfg.train.stage == 2 else Stage1Task
         self.task = task_cls(cfg, device, seed=cfg.train.seed * 1000 + world.rank)
         self.model: nn.Module = self.task.build_model().to(device)
+        # every process built the same weights from the shared seed; from here each draws its own
+        # diffusion timesteps, noise and drop-path masks, as one process would across the batch
+        torch.manual_seed(cfg.train.seed * 1_000_003 + world.rank)
         budget = cfg.train.activation_checkpointing == "budget"
         set_memory_budget(cfg.train.ac_budget if budget else 1.0)
         if budget:
