@@ -351,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
             tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=args.head == "linear",
                                     workers=args.workers)
         features[split] = (tokens, labels[label])
+    unseen = sorted(set(features["val"][1].tolist()) - set(features["train"][1].tolist()))
+    if unseen:
+        log.warning("validation label(s) %s never occur in the training clips: the probe cannot learn them "
+                    "(do both lists use one label map?)", ", ".join(map(str, unseen)))
     num_classes = max(t.num_classes for t in tasks.values())
     result = train_probe(features["train"], features["val"], head=args.head, num_classes=num_classes,
                          num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,

@@ -167,7 +167,7 @@ def test_cli_probes_video_lists_with_test_views(checkpoint, tmp_path):
 def test_cli_counts_and_logs_unreadable_validation_videos(checkpoint, tmp_path, caplog):
     paths = [write_video(tmp_path / f"v{i}", frames=10, width=64, height=48) for i in range(4)]
     (tmp_path / "train.txt").write_text("".join(f"{p.name} {i % 2}\n" for i, p in enumerate(paths)))
-    (tmp_path / "val.txt").write_text(f"{paths[0].name} 0\ngone.mp4 1\n")
+    (tmp_path / "val.txt").write_text(f"{paths[0].name} 0\ngone.mp4 1\n{paths[1].name} 5\n")
     args = ["--checkpoint", str(checkpoint), "--train-list", str(tmp_path / "train.txt"), "--val-list",
             str(tmp_path / "val.txt"), "--root", str(tmp_path), "--epochs", "1", "--batch", "4"]
     with caplog.at_level(logging.WARNING, logger="ivn_fast"):
@@ -175,3 +175,4 @@ def test_cli_counts_and_logs_unreadable_validation_videos(checkpoint, tmp_path, 
     messages = [r.getMessage() for r in caplog.records]
     assert any("gone.mp4" in m and "missing" in m for m in messages)
     assert any(m.startswith("1 bad video(s) were replaced") and "missing 1" in m for m in messages)
+    assert any(m.startswith("validation label(s) 5 never occur in the training clips") for m in messages)
