@@ -10,7 +10,7 @@ output written once); FLOPs count the decoder's matmuls only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +40,17 @@ class Case:
     @property
     def differentiable(self) -> bool:
         return self.bytes_bwd > 0
+
+
+@contextlib.contextmanager
+def token_tiling(choose: Callable[[int], kt.Tiling]) -> Iterator[None]:
+    """Run the token ops with `choose(C)` in place of the shipped `ivn_kernels.tokens._tiling`."""
+    shipped = kt._tiling
+    kt._tiling = choose
+    try:
+        yield
+    finally:
+        kt._tiling = shipped
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:

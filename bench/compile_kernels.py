@@ -38,7 +38,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-from bench.bench_cases import FREQ, TARGET, TOKEN_WIDTHS, WIDTH  # noqa: E402
+from bench.bench_cases import FREQ, TARGET, TOKEN_WIDTHS, WIDTH, token_tiling  # noqa: E402
 from ivn_fast.models.diffusion import GaussianDiffusion  # noqa: E402
 from ivn_kernels import diffusion as kd  # noqa: E402
 from ivn_kernels import tokens as kt  # noqa: E402
@@ -131,13 +131,9 @@ def programs_per_sm(registers: int, warps: int) -> int:
 def compile_all(arch: int) -> list[dict]:
     launches = []
     cut = kt.Tiling(rows=4, block_c=256, warps=4, prefetch=True)
-    for tiling in (None, cut):
+    for choose in (kt._tiling, lambda width: cut):
         for dtype in (torch.float32, torch.bfloat16):
-            with captured_launches() as found, contextlib.ExitStack() as stack:
-                if tiling is not None:
-                    shipped = kt._tiling
-                    kt._tiling = lambda c: tiling
-                    stack.callback(setattr, kt, "_tiling", shipped)
+            with captured_launches() as found, token_tiling(choose):
                 run_ops(dtype)
             launches += found
     target, rows, seen = GPUTarget("cuda", arch, 32), [], set()

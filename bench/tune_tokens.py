@@ -17,10 +17,8 @@ sums changes).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from bench.gpu_check import ceilings, median_ms  # first: it picks the interpreter for --cpu-smoke
@@ -28,7 +26,7 @@ from bench.gpu_check import ceilings, median_ms  # first: it picks the interpret
 import torch  # noqa: E402
 
 import ivn_kernels  # noqa: E402
-from bench.bench_cases import Case, runner, token_cases  # noqa: E402
+from bench.bench_cases import Case, runner, token_cases, token_tiling  # noqa: E402
 from ivn_kernels import tokens as kt  # noqa: E402
 from ivn_kernels._triton import next_power_of_2, triton  # noqa: E402
 
@@ -45,17 +43,6 @@ def resolve(candidate: Candidate, c: int) -> kt.Tiling:
 def label(candidate: Candidate) -> str:
     rows, warps, block_c, prefetch = candidate
     return f"r{rows} w{warps} c{block_c or 'row'}{' pf' if prefetch else ''}"
-
-
-@contextlib.contextmanager
-def tiling(candidate: Candidate) -> Iterator[None]:
-    """Run the token ops under one candidate tiling."""
-    shipped = kt._tiling
-    kt._tiling = lambda c: resolve(candidate, c)
-    try:
-        yield
-    finally:
-        kt._tiling = shipped
 
 
 def outputs(case: Case, seed: torch.Tensor) -> list[torch.Tensor]:
@@ -91,7 +78,7 @@ def sweep(device: str, scale: int, tried: list[Candidate]) -> list[dict]:
                     continue
                 row = {"op": case.name, "dtype": str(dtype).split(".")[-1], "tiling": label(candidate),
                        "shipped": candidate == own}
-                with tiling(candidate):
+                with token_tiling(lambda width: resolve(candidate, width)):
                     err = max_rel_error(outputs(case, seed), shipped)
                     if err > tol:  # a wrong tiling is reported, never timed
                         print(f"MISMATCH {case.name} {dtype} {label(candidate)}: rel error {err:.2e}")

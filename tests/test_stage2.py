@@ -8,8 +8,9 @@ import torch
 
 from ivn_fast.config import build_config
 from ivn_fast.pretrain import main
-from ivn_fast.train.checkpoint import latest_checkpoint, load_checkpoint
+from ivn_fast.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from ivn_fast.train.distributed import World
+from ivn_fast.train.stage2 import find_stage1_checkpoint
 from ivn_fast.train.trainer import Trainer
 
 TINY = ["--train.progress", "false", "--train.tensorboard", "false", "--data.num_workers", "0",
@@ -128,6 +129,20 @@ def test_resume_keeps_the_stage1_checkpoint_it_started_from(stage1, tmp_path, ca
     assert main(TINY + ["--stage", "2", "--max-steps", "4", "--output_dir", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{state.parent} cannot be read" in err
+
+
+def test_a_resumed_run_takes_the_stage1_checkpoint_it_recorded(stage1, tmp_path, caplog):
+    cfg = build_config("tiny", {"train": {"stage": 2}, "output_dir": str(stage1)})
+    newest = latest_checkpoint(stage1 / "checkpoints")
+    older = tmp_path / "step_00000001"
+    shutil.copytree(newest, older)
+    assert find_stage1_checkpoint(cfg) == newest  # a fresh run: the newest
+    assert find_stage1_checkpoint(cfg, {"stage1_checkpoint": str(older)}) == older
+    with caplog.at_level("WARNING", logger="ivn_fast"):
+        assert find_stage1_checkpoint(cfg, {}) == newest  # a checkpoint from before the record
+    assert "does not record its Stage 1 checkpoint" in caplog.text
+    with pytest.raises(CheckpointError, match="which is gone"):
+        find_stage1_checkpoint(cfg, {"stage1_checkpoint": str(tmp_path / "step_00000002")})
 
 
 def test_missing_stage1_says_how_to_make_one(tmp_path, capsys):

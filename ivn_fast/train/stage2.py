@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ivn_fast.config import Config, from_dict, run_dir, to_dict
+from ivn_fast.config import Config, from_dict, to_dict
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.losses import cosine_loss
 from ivn_fast.masks.multiblock import BlockSpec, multiblock_mask
@@ -29,23 +29,19 @@ _PREDICTOR_FIELDS = ("kind", "num_layers", "vit_depth", "vit_width", "vit_heads"
 _DECODER_FIELDS = ("kind", "width", "depth")
 
 
-def find_stage1_checkpoint(cfg: Config) -> Path:
-    """stage2.init; else, when this run resumes, the Stage 1 checkpoint it started from (a newer
-    one may have been written since); else the newest Stage 1 checkpoint under OUTPUT_DIR/checkpoints.
-
-    A Stage 2 checkpoint under this run's directory means the run resumes: the trainer refuses a
-    fresh run there.
-    """
+def find_stage1_checkpoint(cfg: Config, saved: dict[str, Any] | None = None) -> Path:
+    """stage2.init; else, for a resumed run, the Stage 1 checkpoint it started from (`saved`, what
+    its checkpoint recorded: a newer one may have been written since); else the newest Stage 1
+    checkpoint under OUTPUT_DIR/checkpoints."""
     if cfg.stage2.init:
         return Path(cfg.stage2.init)
-    own = ckpt.latest_checkpoint(run_dir(cfg) / "checkpoints")
-    if own is not None:
-        started = ckpt.read_meta(own).get("task", {}).get("stage1_checkpoint")
+    if saved is not None:
+        started = saved.get("stage1_checkpoint")
         if started is None:
-            log.warning("%s does not record its Stage 1 checkpoint (written by an older version): the newest "
-                        "one is used; pass --stage2.init to pin it", own)
+            log.warning("the checkpoint resumed does not record its Stage 1 checkpoint (written by an older "
+                        "version): the newest one is used; pass --stage2.init to pin it")
         elif not (Path(started) / "state.pt").is_file():
-            raise ckpt.CheckpointError(f"{own} continues from Stage 1 checkpoint {started}, which is gone; "
+            raise ckpt.CheckpointError(f"this run continues from Stage 1 checkpoint {started}, which is gone; "
                                        "the frozen target cannot be rebuilt without it")
         else:
             return Path(started)
@@ -73,11 +69,12 @@ class Stage2Task:
 
     picture_name = "masks.png"
 
-    def __init__(self, cfg: Config, device: torch.device, seed: int):
+    def __init__(self, cfg: Config, device: torch.device, seed: int, saved: dict[str, Any] | None = None):
+        """`saved`: what checkpoint_meta() recorded in the checkpoint this run resumes (None: a fresh run)."""
         self.cfg, self.device = cfg, device
         self.grid = token_grid(cfg)
         s2 = cfg.stage2
-        path = find_stage1_checkpoint(cfg)
+        path = find_stage1_checkpoint(cfg, saved)
         state = ckpt.load_checkpoint(path)
         saved = from_dict(state["config"])
         if saved.train.stage != 1:

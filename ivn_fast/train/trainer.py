@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,6 +59,7 @@ class Trainer:
         if earlier is not None and not resume:  # its pruning would delete this run's checkpoints first
             raise ckpt.CheckpointError(f"{self.ckpt_root} holds an earlier run's checkpoints (newest {earlier.name}): "
                                        "pass --resume to continue it, or another --output_dir to start afresh")
+        meta = ckpt.read_meta(earlier) if earlier is not None else None  # read once: the task needs it too
         device = resolve_device(cfg.train.device)
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
@@ -68,8 +70,9 @@ class Trainer:
             cfg.train.precision == "auto" and device.type == "cuda")) else None
 
         torch.manual_seed(cfg.train.seed)
-        task_cls = Stage2Task if cfg.train.stage == 2 else Stage1Task
-        self.task = task_cls(cfg, device, seed=cfg.train.seed * 1000 + world.rank)
+        seed = cfg.train.seed * 1000 + world.rank
+        self.task = (Stage2Task(cfg, device, seed=seed, saved=None if meta is None else meta.get("task", {}))
+                     if cfg.train.stage == 2 else Stage1Task(cfg, device, seed=seed))
         self.model: nn.Module = self.task.build_model().to(device)
         # every process built the same weights from the shared seed; from here each draws its own
         # diffusion timesteps, noise and drop-path masks, as one process would across the batch
@@ -97,8 +100,10 @@ class Trainer:
         self.schedule = LRSchedule(cfg.optim, cfg.train.max_steps, cfg.train.batch_size)
         self.step = 0
         self.skipped = 0
-        if resume:
-            self._resume()
+        if meta is not None:
+            self._resume(earlier, meta)
+        elif resume:
+            log.info("no checkpoint under %s: starting from step 0", self.ckpt_root)
         self.data = build_train_data(cfg, rank=world.rank, world=world.size, start_step=self.step, device=device)
         self.metrics = MetricsWriter(self.out_dir, cfg.train.tensorboard, enabled=world.is_main)
 
@@ -127,12 +132,7 @@ class Trainer:
     def local_state(self) -> dict[str, Any]:
         return {"rng": ckpt.rng_state(), "task": self.task.state_dict()}
 
-    def _resume(self) -> None:
-        path = ckpt.latest_checkpoint(self.ckpt_root)
-        if path is None:
-            log.info("no checkpoint under %s: starting from step 0", self.ckpt_root)
-            return
-        meta = ckpt.read_meta(path)
+    def _resume(self, path: Path, meta: dict[str, Any]) -> None:
         current = to_dict(self.cfg)
         diff = ckpt.config_diff(meta["config"], current)
         if diff:
