@@ -47,7 +47,7 @@ from torch.utils._pytree import tree_flatten
 
 from bench.report import ROWS, SET_HELP, config_item, config_sets, row_config
 from ivn_fast.config import AC_MODES
-from ivn_fast.models.attention import set_backend
+from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.train.distributed import World
 from ivn_fast.train.trainer import Trainer
 from ivn_kernels import set_kernels
@@ -140,7 +140,7 @@ def measure(row: str, batches: list[int], checkpointing: str, depth: int, root: 
                          sets=sets)
         cfg.train.precision, cfg.train.kernels, cfg.train.attention = "bf16", "torch", "sdpa"
         cfg.train.activation_checkpointing = checkpointing
-        set_backend(cfg.train.attention)
+        configure_attention(cfg.train.attention, torch.device("cpu"))
         set_kernels(cfg.train.kernels)
         trainer = Trainer(cfg, World())
         video = torch.randn(batch, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size,

@@ -35,10 +35,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ivn_fast.config import Config, ConfigError, build_config, set_dotted, validate
-from ivn_fast.models.attention import set_backend
+from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import World
-from ivn_fast.train.trainer import Trainer
+from ivn_fast.train.trainer import Trainer, resolve_device
 from ivn_kernels import set_kernels
 from ivn_kernels._triton import HAS_TRITON, triton
 
@@ -164,7 +164,7 @@ def _sync(device: torch.device) -> None:
 
 def measure_step(cfg: Config, steps: int, warmup: int, count_flops: bool) -> dict[str, Any]:
     """Median-free wall time of `steps` train steps after `warmup`, peak memory, optional FLOPs."""
-    set_backend(cfg.train.attention)
+    print(configure_attention(cfg.train.attention, resolve_device(cfg.train.device)), flush=True)
     set_kernels(cfg.train.kernels)
     trainer = Trainer(cfg, World())
     device = trainer.device

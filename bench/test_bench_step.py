@@ -10,7 +10,7 @@ import torch
 
 from bench.harness import CUDA, DEVICE, skip_on_cpu, timed
 from bench.report import row_config
-from ivn_fast.models.attention import set_backend
+from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.train.distributed import World
 from ivn_fast.train.trainer import Trainer
 from ivn_kernels import set_kernels
@@ -26,7 +26,7 @@ def test_train_step(benchmark, row, variant, tmp_path_factory):
     device = torch.device(DEVICE)
     cfg = row_config(row, ROWS[row], variant == "fast", tmp_path_factory.getbasetemp() / "teachers", device,
                      str(root))
-    set_backend(cfg.train.attention)
+    benchmark.extra_info["attention"] = configure_attention(cfg.train.attention, device)
     set_kernels(cfg.train.kernels)
     trainer = Trainer(cfg, World())
     video = torch.randn(cfg.train.batch_size, 3, cfg.data.num_frames, cfg.data.size, cfg.data.size,

@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
 
-    from ivn_fast.models.attention import set_backend
-    from ivn_fast.train.distributed import init_distributed, shutdown
+    from ivn_fast.models.attention_table import configure as configure_attention
+    from ivn_fast.train.distributed import broadcast_object, init_distributed, shutdown
     from ivn_fast.data.health import TooManyBadSamples
     from ivn_fast.data.lists import ListError
     from ivn_fast.train.checkpoint import CheckpointError
@@ -139,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     world = init_distributed(device.type)
     out_dir = str(run_dir(cfg))
     _setup_logging(world.is_main, out_dir)
-    set_backend(cfg.train.attention)
     set_kernels(cfg.train.kernels)
     log.info("preset %s, %d process(es), device %s, torch %s", args.preset, world.size, device, torch.__version__)
+    try:
+        log.info(configure_attention(cfg.train.attention, device, is_main=world.is_main, share=broadcast_object))
+    except ValueError as e:  # a named backend this machine cannot run
+        return _fail(e, 2)
     try:
         trainer = Trainer(cfg, world, resume=args.resume)
     except (CheckpointError, ListError) as e:

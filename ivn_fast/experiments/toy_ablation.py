@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ivn_fast.config import build_config, validate
 from ivn_fast.data.synthetic import LABELS
 from ivn_fast.export import load_encoder
-from ivn_fast.models.attention import set_backend
+from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.probe import BATCH, LR, SEEDS, WEIGHT_DECAY, SyntheticViews, encode, train_probe
 from ivn_fast.train.checkpoint import checkpoint_dir, latest_checkpoint
@@ -109,7 +109,7 @@ def pretrain(tree: dict) -> dict:
     picture included), final loss and the steady per-step time of its last logging window."""
     cfg = build_config(PRESET, tree)
     validate(cfg)
-    set_backend(cfg.train.attention)
+    configure_attention(cfg.train.attention, resolve_device(cfg.train.device))
     set_kernels(cfg.train.kernels)
     start = time.perf_counter()
     last = Trainer(cfg, World()).train()

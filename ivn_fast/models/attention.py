@@ -1,56 +1,237 @@
 """The one attention entry point used by the encoder, predictor, teacher and probes.
 
-Tensors are [B, S, H, D] (the layout a fused QKV projection produces).
-Backends: ``flash_attn`` (FlashAttention kernels, CUDA and half precision only) and ``sdpa``
-(``torch.nn.functional.scaled_dot_product_attention``: flash / cuDNN / efficient kernels on
-GPU, math on CPU). ``auto`` takes flash_attn where it can run and SDPA everywhere else.
+Tensors are [B, S, H, D] (the layout a fused QKV projection produces). Backends:
+
+- ``flash_attn``: FlashAttention, the newest generation installed that runs on this GPU: FA4
+  (``flash_attn.cute``, Hopper and Blackwell), FA3 (``flash_attn_interface``, Hopper), FA2
+  (``flash_attn``, Ampere and later).
+- ``xformers``: ``xformers.ops.memory_efficient_attention``.
+- ``cudnn``: SDPA held to cuDNN's fused attention (no sliding window, no dropout).
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with PyTorch's own choice of
+  kernel (flash / efficient / cuDNN on GPU, math on CPU); takes every call.
+- ``auto``: per call, the backend a measured table (``attention_table``) names fastest for
+  the nearest sequence length of the same kind (windowed or not, with or without backward);
+  with no table, flash_attn where it takes the call, else SDPA.
+
+Naming a backend this process cannot run (not installed, or no CUDA device) is an error; a call
+the chosen backend cannot take (float32 for the flash kernels, a window or dropout it lacks)
+goes to SDPA, which takes every call.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "flash_attn", "sdpa")
-_selected = "auto"
-_flash = None  # flash_attn_func when the selected backend may use it; resolved once, outside any graph
+BACKENDS = ("auto", "flash_attn", "xformers", "cudnn", "sdpa")
+HALF = (torch.float16, torch.bfloat16)
+
+# (q, k, v, window, dropout_p) -> out, all [B, S, H, D]
+Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "int | None", float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation and the calls it takes."""
+
+    name: str
+    impl: str  # what actually runs, for logs and result files
+    run: Run
+    dtypes: tuple[torch.dtype, ...] = HALF
+    cuda_only: bool = True
+    window: bool = True  # a sliding window natively
+    dropout: bool = True
+
+    def takes(self, q: torch.Tensor, window: int | None, dropout_p: float) -> bool:
+        return ((q.is_cuda or not self.cuda_only) and q.dtype in self.dtypes and q.shape[-1] <= 256
+                and (window is None or self.window) and (dropout_p == 0.0 or self.dropout))
+
+
+def window_mask(s_q: int, s_k: int, window: int, device: torch.device) -> torch.Tensor:
+    """True where key j is within `window` positions of query i, on either side."""
+    i = torch.arange(s_q, device=device)[:, None]
+    j = torch.arange(s_k, device=device)[None, :]
+    return (i - j).abs() <= window
+
+
+def _sdpa(q, k, v, window, dropout_p):
+    mask = None if window is None else window_mask(q.shape[1], k.shape[1], window, q.device)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p
+    )
+    return out.transpose(1, 2)
+
+
+def _cudnn(q, k, v, window, dropout_p):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return _sdpa(q, k, v, window, dropout_p)
+
+
+def _xformers_bias(window: int | None):
+    """The local band |i - j| <= window as xformers states it (None: full attention)."""
+    if window is None:
+        return None
+    from xformers.ops.fmha.attn_bias import LocalAttentionFromBottomRightMask
+
+    return LocalAttentionFromBottomRightMask(window_left=window, window_right=window)
+
+
+def _xformers(q, k, v, window, dropout_p):
+    from xformers.ops import memory_efficient_attention
+
+    return memory_efficient_attention(q, k, v, attn_bias=_xformers_bias(window), p=dropout_p)
+
+
+def _first(out):
+    """FA3 and FA4 return (out, lse) in some releases and out alone in others."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _flash_generations() -> list[tuple[str, Run, bool, Callable[[tuple[int, int]], bool]]]:
+    """(impl, run, takes dropout, runs on capability) for each FlashAttention installed, newest first."""
+    found = []
+    try:
+        from flash_attn.cute import flash_attn_func as fa4
+    except ImportError:
+        pass
+    else:
+        found.append(("FA4 (flash_attn.cute)",
+                      lambda q, k, v, w, p: _first(fa4(q, k, v, window_size=(None, None) if w is None else (w, w))),
+                      False, lambda cap: cap[0] in (9, 10, 12)))
+    try:
+        from flash_attn_interface import flash_attn_func as fa3
+    except ImportError:
+        pass
+    else:
+        found.append(("FA3 (flash_attn_interface)",
+                      lambda q, k, v, w, p: _first(fa3(q, k, v, window_size=(-1, -1) if w is None else (w, w))),
+                      False, lambda cap: cap[0] == 9))
+    try:
+        from flash_attn import flash_attn_func as fa2
+    except ImportError:
+        pass
+    else:
+        found.append(("FA2 (flash_attn)",
+                      lambda q, k, v, w, p: fa2(q, k, v, dropout_p=p, window_size=(-1, -1) if w is None else (w, w)),
+                      True, lambda cap: cap[0] >= 8))
+    return found
+
+
+def _flash_backend() -> Backend | None:
+    cap = torch.cuda.get_device_capability()
+    for impl, run, dropout, runs_on in _flash_generations():
+        if runs_on(cap):
+            return Backend("flash_attn", impl, run, dropout=dropout)
+    return None
+
+
+def _xformers_backend() -> Backend | None:
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError:
+        return None
+    return Backend("xformers", "xformers memory_efficient_attention", _xformers, dtypes=(*HALF, torch.float32))
+
+
+def _cudnn_backend() -> Backend | None:
+    if not torch.backends.cudnn.is_available():
+        return None
+    return Backend("cudnn", "SDPA (cuDNN attention)", _cudnn, window=False, dropout=False)
+
+
+SDPA = Backend("sdpa", "SDPA", _sdpa, dtypes=(*HALF, torch.float32, torch.float64), cuda_only=False)
 
 
 @functools.cache
-def _flash_attn_func():
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError:
-        return None
-    return flash_attn_func
+def installed() -> dict[str, Backend]:
+    """Every backend this process can run, by name; SDPA always. The GPU ones need a CUDA device
+    (the current one: call after ``torch.cuda.set_device``)."""
+    found = []
+    if torch.cuda.is_available():
+        found = [b for b in (_flash_backend(), _xformers_backend(), _cudnn_backend()) if b is not None]
+    return {**{b.name: b for b in found}, "sdpa": SDPA}
+
+
+_MISSING = {"flash_attn": "no FlashAttention for this GPU is installed (flash-attn, flash-attn-3 or flash-attn-4)",
+            "xformers": "xformers is not installed", "cudnn": "this PyTorch has no cuDNN"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """For calls of one kind (windowed or not, with or without backward): the backend to use up
+    to each sequence length, the last entry covering everything longer."""
+
+    upto: tuple[int, ...]
+    names: tuple[str, ...]
+
+    def at(self, seq: int) -> str:
+        for bound, name in zip(self.upto, self.names):
+            if seq <= bound:
+                return name
+        return self.names[-1]
+
+
+def choices_from(rows: Sequence[dict]) -> dict[tuple[bool, bool], Choice]:
+    """A measured table's rows ({seq, window, grad, ms: {backend: ms or None}}) as lookups:
+    the fastest backend at each measured length, switching at the geometric midpoints."""
+    kinds: dict[tuple[bool, bool], list[tuple[int, str]]] = {}
+    for row in rows:
+        timed = {name: ms for name, ms in row["ms"].items() if ms is not None}
+        if timed:
+            kinds.setdefault((row["window"] is not None, bool(row["grad"])), []).append(
+                (int(row["seq"]), min(timed, key=timed.get)))
+    out = {}
+    for kind, points in kinds.items():
+        points.sort()
+        upto = tuple(int(math.sqrt(a * b)) for (a, _), (b, _) in zip(points, points[1:]))
+        out[kind] = Choice(upto, tuple(name for _, name in points))
+    return out
+
+
+_selected = "auto"
+_choices: dict[tuple[bool, bool], Choice] = {}
+_have: dict[str, Backend] | None = None  # installed(), looked up outside any compiled graph
 
 
 def set_backend(name: str) -> None:
-    """Choose the backend for every later call (``auto``, ``flash_attn`` or ``sdpa``)."""
-    global _selected
+    """Choose the backend for every later call; the named one must run in this process."""
+    global _selected, _have
     if name not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
-    if name == "flash_attn" and _flash_attn_func() is None:
-        raise ValueError("attention backend 'flash_attn' requested but flash_attn is not installed")
-    global _flash
+    _have = installed()
+    if name != "auto" and name not in _have:
+        why = _MISSING[name] if torch.cuda.is_available() else "it needs a CUDA device"
+        raise ValueError(f"attention backend {name!r} requested but {why}")
     _selected = name
-    _flash = None if name == "sdpa" else _flash_attn_func()
 
 
 def get_backend() -> str:
     return _selected
 
 
-def _flash_ok(q: torch.Tensor) -> bool:
-    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+def use_table(rows: Sequence[dict]) -> None:
+    """Let ``auto`` follow a measured table (see ``attention_table.measure``); empty: no table."""
+    global _choices
+    _choices = choices_from(rows)
 
 
-def _window_mask(s_q: int, s_k: int, window: int, device: torch.device) -> torch.Tensor:
-    i = torch.arange(s_q, device=device)[:, None]
-    j = torch.arange(s_k, device=device)[None, :]
-    return (i - j).abs() <= window
+def pick(q: torch.Tensor, window: int | None = None, dropout_p: float = 0.0) -> Backend:
+    """The backend that runs this call."""
+    have = _have if _have is not None else installed()
+    if _selected != "auto":
+        wanted = [have[_selected]]
+    else:
+        choice = _choices.get((window is not None, torch.is_grad_enabled() and q.requires_grad))
+        wanted = [have[choice.at(q.shape[1])]] if choice is not None and choice.at(q.shape[1]) in have else []
+        wanted += [have["flash_attn"]] if "flash_attn" in have else []
+    return next((b for b in wanted if b.takes(q, window, dropout_p)), SDPA)
 
 
 def attention(
@@ -63,14 +244,4 @@ def attention(
 ) -> torch.Tensor:
     """Softmax attention over [B, S, H, D] inputs; ``window`` limits each query to keys within
     that many positions on either side (ModernBERT's local layers)."""
-    if _flash is not None and _flash_ok(q):
-        w = (-1, -1) if window is None else (window, window)
-        return _flash(q, k, v, dropout_p=dropout_p, window_size=w)
-    mask = None if window is None else _window_mask(q.shape[1], k.shape[1], window, q.device)
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p
-    )
-    return out.transpose(1, 2)
-
-
-set_backend(_selected)
+    return pick(q, window, dropout_p).run(q, k, v, window, dropout_p)

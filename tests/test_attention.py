@@ -1,0 +1,184 @@
+"""The attention entry point: SDPA against float64 softmax, each backend's sliding window, the
+measured table and what ``auto`` picks from it, the cache, and (on a GPU) every installed
+backend against float64, forward and backward."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from ivn_fast.config import Config
+from ivn_fast.models import attention as A
+from ivn_fast.models import attention_table as T
+from ivn_fast.pretrain import main
+
+
+def reference(q, k, v, window=None):
+    """Plain float64 softmax attention over [B, S, H, D]."""
+    q, k, v = (t.double().transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if window is not None:
+        i = torch.arange(q.shape[2])[:, None]
+        scores = scores.masked_fill((i - torch.arange(k.shape[2])[None, :]).abs().to(q.device) > window, -torch.inf)
+    return (scores.softmax(-1) @ v).transpose(1, 2)
+
+
+def rel(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.fixture(autouse=True)
+def restore_selection():
+    yield
+    A.set_backend("auto")
+    A.use_table([])
+
+
+def fake(name, *, scale=1.0, delay=0.0, window=True, raises=False):
+    """A CPU backend: SDPA's output times `scale` (1: correct), after `delay` seconds."""
+
+    def run(q, k, v, w, p):
+        if raises:
+            raise RuntimeError("no kernel for this shape\nsecond line")
+        if delay:
+            time.sleep(delay)
+        return A.SDPA.run(q, k, v, w, p) * scale
+
+    return A.Backend(name, f"fake {name}", run, dtypes=(torch.float32,), cuda_only=False, window=window)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_sdpa_matches_float64_softmax_forward_and_backward(window):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 13, 3, 16, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    dout = torch.randn(2, 13, 3, 16, generator=g, dtype=torch.float64)
+    out = A.attention(q, k, v, window=window)
+    ref = reference(q, k, v, window)
+    assert rel(out, ref) < 1e-12
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    assert max(rel(a, b) for a, b in zip(got, want)) < 1e-12
+
+
+def test_xformers_local_mask_is_our_window():
+    xformers_bias = pytest.importorskip("xformers.ops.fmha.attn_bias")  # imports without a GPU
+    for window, seq in ((0, 5), (3, 11), (64, 150)):
+        ours = A.window_mask(seq, seq, window, torch.device("cpu"))
+        bias = A._xformers_bias(window)
+        assert isinstance(bias, xformers_bias.LocalAttentionFromBottomRightMask)
+        assert torch.equal(bias.materialize((seq, seq)).exp() > 0, ours)
+
+
+def test_choices_take_the_fastest_and_switch_at_geometric_midpoints():
+    rows = [{"seq": 256, "window": None, "grad": True, "ms": {"sdpa": 1.0, "cudnn": 0.5, "xformers": None}},
+            {"seq": 1024, "window": None, "grad": True, "ms": {"sdpa": 2.0, "cudnn": 3.0}},
+            {"seq": 4096, "window": None, "grad": True, "ms": {"sdpa": 9.0, "flash_attn": 4.0}},
+            {"seq": 256, "window": 64, "grad": True, "ms": {"sdpa": 1.0, "xformers": 0.9}},
+            {"seq": 256, "window": None, "grad": False, "ms": {"sdpa": None}}]
+    choices = A.choices_from(rows)
+    full = choices[(False, True)]
+    assert full.upto == (512, 2048)
+    assert [full.at(s) for s in (1, 512, 513, 2048, 2049, 10**6)] == ["cudnn", "cudnn", "sdpa", "sdpa",
+                                                                       "flash_attn", "flash_attn"]
+    assert choices[(True, True)].at(9000) == "xformers"
+    assert (False, False) not in choices  # nothing ran: no choice, so auto falls back
+    assert T.describe(rows) == "full: cudnn to 512, sdpa to 2048, flash_attn above; windowed: xformers"
+
+
+def test_auto_follows_the_table_by_kind_and_falls_back_to_sdpa(monkeypatch):
+    fast, nowin = fake("fast", scale=2.0), fake("nowin", scale=3.0, window=False)
+    monkeypatch.setattr(A, "_have", {"fast": fast, "nowin": nowin, "sdpa": A.SDPA})
+    A.use_table([{"seq": 64, "window": None, "grad": True, "ms": {"sdpa": 2.0, "fast": 1.0}},
+                 {"seq": 64, "window": 4, "grad": True, "ms": {"sdpa": 2.0, "nowin": 1.0}}])
+    q = torch.randn(1, 10, 2, 8, requires_grad=True)
+    ref = A.SDPA.run(q, q, q, None, 0.0)
+    assert torch.allclose(A.attention(q, q, q), 2 * ref)  # table: fast, for calls with backward
+    with torch.no_grad():  # no row for forward-only calls: not fast, which the table never named
+        assert torch.allclose(A.attention(q, q, q), ref)
+    # the windowed row names a backend without a window: SDPA takes the call
+    assert torch.allclose(A.attention(q, q, q, window=4), A.SDPA.run(q, q, q, 4, 0.0))
+    qd = q.double()
+    assert torch.equal(A.attention(qd, qd, qd), A.SDPA.run(qd, qd, qd, None, 0.0))  # fast takes fp32 only
+
+
+def test_named_backends_need_this_machine(monkeypatch):
+    with pytest.raises(ValueError, match="one of"):
+        A.set_backend("flash")
+    if not torch.cuda.is_available():
+        for name in ("flash_attn", "xformers", "cudnn"):
+            with pytest.raises(ValueError, match="needs a CUDA device"):
+                A.set_backend(name)
+    assert T.configure("sdpa", torch.device("cpu")) == "attention sdpa: SDPA"
+    assert T.configure("auto", torch.device("cpu")) == "attention auto: SDPA"
+    assert A.BACKENDS == tuple(Config().train.__dataclass_fields__["attention"].metadata["choices"])
+
+
+def test_pretrain_refuses_a_backend_it_cannot_run(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU may run every backend")
+    assert main(["--train.attention", "xformers", "--max-steps", "1", "--output_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ivn_fast.pretrain: error: attention backend 'xformers' requested but it needs a CUDA device"]
+
+
+def test_measure_times_drops_wrong_and_failing_backends_and_picks():
+    backends = {"sdpa": A.SDPA, "slow": fake("slow", delay=0.01), "wrong": fake("wrong", scale=1.5),
+                "broken": fake("broken", raises=True), "nowin": fake("nowin", window=False)}
+    rows = T.measure((16, 32), ((None, True), (4, True)), backends=backends, heads=2, head_dim=8,
+                     dtype=torch.float32, tokens=64, reps=2, device="cpu")
+    assert [(r["seq"], r["window"], r["batch"]) for r in rows] == [(16, None, 4), (32, None, 2), (16, 4, 4), (32, 4, 2)]
+    for r in rows:
+        assert r["ms"]["slow"] >= 10 > r["ms"]["sdpa"] > 0
+        assert r["ms"]["wrong"] is None and "disagrees with float32 SDPA" in r["errors"]["wrong"]
+        assert r["errors"]["broken"] == "RuntimeError: no kernel for this shape"
+        assert ("nowin" in r["ms"]) == (r["window"] is None)  # never asked for what it cannot take
+    picked = {name for c in A.choices_from(rows).values() for name in c.names}
+    assert picked <= {"sdpa", "nowin"}  # both right and quick: either may win; never slow, wrong or broken
+
+
+def test_table_is_cached_and_a_damaged_cache_is_measured_again(tmp_path):
+    path = tmp_path / "attention" / "dev.json"
+    calls = []
+
+    def measure_fn():
+        calls.append(1)
+        return [{"seq": 8, "window": None, "grad": True, "ms": {"sdpa": 1.0}}]
+
+    rows, cached = T.load_or_measure(path, measure_fn)
+    assert not cached and json.loads(path.read_text())["rows"] == rows
+    assert T.load_or_measure(path, measure_fn) == (rows, True) and len(calls) == 1
+    path.write_text('{"rows": [')  # a crash mid-write elsewhere, or a hand edit
+    assert T.load_or_measure(path, measure_fn) == (rows, False) and len(calls) == 2
+
+
+def test_auto_dispatch_compiles_without_graph_breaks(monkeypatch):
+    monkeypatch.setattr(A, "_have", {"fast": fake("fast", scale=2.0), "sdpa": A.SDPA})
+    A.use_table([{"seq": 64, "window": None, "grad": True, "ms": {"sdpa": 2.0, "fast": 1.0}}])
+    q = torch.randn(1, 10, 2, 8, requires_grad=True)
+    f = torch.compile(lambda q: A.attention(q, q, q), fullgraph=True, backend="eager")
+    assert torch.allclose(f(q), 2 * A.SDPA.run(q, q, q, None, 0.0))
+
+
+GPU_BACKENDS = sorted(A.installed()) if torch.cuda.is_available() else []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU backends run on CUDA only")
+@pytest.mark.parametrize("window", [None, 64])
+@pytest.mark.parametrize("shape", [(2, 333, 4, 64), (1, 1030, 16, 64)], ids=["S333", "S1030"])
+@pytest.mark.parametrize("name", GPU_BACKENDS)
+def test_gpu_backend_matches_float64(name, shape, window):
+    backend = A.installed()[name]
+    b, s, h, d = shape
+    qkv = torch.randn(b, s, 3, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    q, k, v = qkv.unbind(2)  # strided views, as the fused projection gives them
+    if not backend.takes(q, window, 0.0):
+        pytest.skip(f"{name} does not take a window")
+    dout = torch.randn_like(q)
+    out = backend.run(q, k, v, window, 0.0)
+    ref_in = qkv.detach().double().requires_grad_()
+    ref = reference(*ref_in.unbind(2), window)
+    assert rel(out, ref) < 1e-2
+    (got,) = torch.autograd.grad(out, qkv, dout)
+    (want,) = torch.autograd.grad(ref, ref_in, dout.double())
+    assert rel(got, want) < 1e-2
