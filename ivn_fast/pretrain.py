@@ -96,14 +96,19 @@ def _setup_logging(is_main: bool, out_dir: str) -> None:
 
 
 def _fail(error: Exception, status: int) -> int:
-    """One line on stderr, the processes shut down, the exit status. An error raised in a data
-    worker arrives with the worker's traceback in its text: only its message is printed."""
+    """One line on stderr and in train.log, the processes shut down, the exit status. An error
+    raised in a data worker arrives with the worker's traceback in its text: only its message is
+    printed."""
     from ivn_fast.train.distributed import shutdown
 
     text = str(error).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1].split(": ", 1)[-1]
     print(f"ivn_fast.pretrain: error: {text}", file=sys.stderr)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:  # the log file only: stdout would repeat stderr
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
     shutdown()
     return status
 

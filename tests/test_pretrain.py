@@ -63,6 +63,8 @@ def test_resume_refuses_other_shapes_and_damage_and_names_schedule_changes(tmp_p
     # without --resume, an earlier run's checkpoints are neither continued nor pruned away
     assert main(TINY + ["--max-steps", "4", "--output_dir", str(out)]) == 2
     assert "holds an earlier run's checkpoints (newest step_00000002): pass --resume" in capsys.readouterr().err
+    last = (out / "train.log").read_text().splitlines()[-1]  # the log says why the run stopped
+    assert " ERROR " in last and last.endswith("pass --resume to continue it, or another --output_dir to start afresh")
     assert main(TINY + ["--max-steps", "3", "--output_dir", str(out), "--resume", "--optim.lr", "0.01"]) == 0
     assert "resuming with optim.lr = 0.01 (the checkpoint's run had 0.0015)" in (out / "train.log").read_text()
     shard = next((out / "checkpoints" / "step_00000003").glob("*.distcp"))

@@ -30,3 +30,14 @@ def test_quick_toy_ablation_end_to_end(tmp_path, capsys):
 def test_stage2_budget_must_fit_inside_the_steps(capsys):
     assert main(["--quick", "--steps", "3", "--stage2-steps", "3"]) == 2
     assert "stage2 steps" in capsys.readouterr().err
+
+
+def test_one_seed_reports_no_spread():
+    from ivn_fast.experiments.toy_ablation import SIZES, markdown, summarise
+
+    records = [{"variant": v.key, "probe": {t: {"top1": 0.5} for t in TASKS}} for v in VARIANTS]
+    summary = summarise(records)
+    assert all(summary[v.key][t]["std"] is None for v in VARIANTS for t in TASKS)
+    table = markdown(summary, SIZES["quick"], [0], 8, 56, 1.0)
+    rows = [line for line in table.splitlines() if line.startswith(f"| {VARIANTS[0].label} |")]
+    assert rows and "0.500 |" in rows[0] and "±" not in rows[0]  # a single seed has no deviation to print

@@ -175,7 +175,7 @@ def run_seed(seed: int, size: Size, out: Path, device: torch.device, log: loggin
 
 
 def summarise(records: list[dict]) -> dict:
-    """variant -> task -> mean, sample std, min, max and the per-seed top-1 values."""
+    """variant -> task -> mean, sample std (None for one seed), min, max and the per-seed top-1 values."""
     out = {}
     for variant in VARIANTS:
         rows = [r for r in records if r["variant"] == variant.key]
@@ -183,9 +183,13 @@ def summarise(records: list[dict]) -> dict:
         for task in TASKS:
             values = [r["probe"][task]["top1"] for r in rows]
             out[variant.key][task] = {"mean": statistics.fmean(values),
-                                      "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                                      "std": statistics.stdev(values) if len(values) > 1 else None,
                                       "min": min(values), "max": max(values), "values": values}
     return out
+
+
+def _mean_sd(s: dict) -> str:
+    return f"{s['mean']:.3f}" if s["std"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
 def _steps_label(variant: Variant, size: Size) -> str:
@@ -205,15 +209,16 @@ def markdown(summary: dict, size: Size, seeds: list[int], frames: int, side: int
         f"same {size.steps} optimiser "
         f"steps with the same seeds ({', '.join(map(str, seeds))}); attentive probe, {size.probe_epochs} "
         f"epoch{'s' * (size.probe_epochs != 1)} on "
-        f"{size.train_clips} training clips, top-1 on {size.val_clips} held-out clips, mean ± sample standard "
-        f"deviation over the seeds (chance: {chance}). The paper's column is its ViT-B linear probe "
+        f"{size.train_clips} training clips, top-1 on {size.val_clips} held-out clips, "
+        f"{'mean ± sample standard deviation over the seeds' if len(seeds) > 1 else 'one seed'} "
+        f"(chance: {chance}). The paper's column is its ViT-B linear probe "
         "(K400 / SSv2, Tables 1a and 3) for comparison of the ordering only.",
         "",
         "| variant | steps | shape top-1 (appearance) | direction top-1 (dynamics) | paper K400 / SSv2 |",
         "|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
-        cells = [f"{summary[variant.key][t]['mean']:.3f} ± {summary[variant.key][t]['std']:.3f}" for t in TASKS]
+        cells = [_mean_sd(summary[variant.key][t]) for t in TASKS]
         lines.append(f"| {variant.label} | {_steps_label(variant, size)} | {cells[0]} | {cells[1]} | {variant.paper} |")
     lines += ["", f"Wall time {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads "
                   f"(`python -m ivn_fast.experiments.toy_ablation`).", ""]
@@ -254,10 +259,11 @@ def bar_plot(summary: dict, path: Path, title: str) -> Path:
             x0 = centre + (j - 1) * bar_w - 2 + 4 * j
             draw.rectangle([x0, y_of(s["mean"]), x0 + bar_w, y_of(0)], fill=_COLOURS[task])
             mid = x0 + bar_w / 2
-            lo, hi = y_of(max(0.0, s["mean"] - s["std"])), y_of(min(1.0, s["mean"] + s["std"]))
-            draw.line([(mid, lo), (mid, hi)], fill="black", width=2)
-            for y in (lo, hi):
-                draw.line([(mid - 6, y), (mid + 6, y)], fill="black", width=2)
+            if s["std"] is not None:  # one seed has no spread to draw
+                lo, hi = y_of(max(0.0, s["mean"] - s["std"])), y_of(min(1.0, s["mean"] + s["std"]))
+                draw.line([(mid, lo), (mid, hi)], fill="black", width=2)
+                for y in (lo, hi):
+                    draw.line([(mid - 6, y), (mid + 6, y)], fill="black", width=2)
             for v in s["values"]:
                 draw.ellipse([mid - 3, y_of(v) - 3, mid + 3, y_of(v) + 3], outline="black", fill="white")
         words, line, rows = variant.label.split(), "", []
