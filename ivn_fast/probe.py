@@ -55,6 +55,7 @@ from ivn_fast.data.dataset import VideoClips
 from ivn_fast.data.health import SkipCounter, encode_skips
 from ivn_fast.data.lists import ListError, load_lists, parse_spec
 from ivn_fast.data.synthetic import LABELS, SyntheticVideos
+from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--device cuda: no CUDA device is available")
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if args.device == "auto" else args.device))
+        log.info(configure_attention("auto", device))
         encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
         frames = args.frames or encoder.grid[0]
         size = args.size or encoder.grid[1] * encoder.cfg.patch_size

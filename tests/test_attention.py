@@ -182,3 +182,78 @@ def test_gpu_backend_matches_float64(name, shape, window):
     (got,) = torch.autograd.grad(out, qkv, dout)
     (want,) = torch.autograd.grad(ref, ref_in, dout.double())
     assert rel(got, want) < 1e-2
+
+
+class FakeFA4(torch.autograd.Function):
+    """Shaped like FA4's public function: an autograd function returning (out, lse), its
+    backward hand-written (no autograd recording inside)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, window):
+        ctx.save_for_backward(q, k, v)
+        ctx.window = window
+        with torch.no_grad():
+            return A.SDPA.run(q, k, v, window, 0.0), q.new_zeros(q.shape[0], q.shape[2], q.shape[1])
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v = (t.double().transpose(1, 2) for t in ctx.saved_tensors)
+        scale = q.shape[-1] ** -0.5
+        scores = q @ k.transpose(-1, -2) * scale
+        if ctx.window is not None:
+            scores = scores.masked_fill(~A.window_mask(q.shape[2], k.shape[2], ctx.window, q.device), -torch.inf)
+        p = scores.softmax(-1)
+        do = dout.double().transpose(1, 2)
+        dp = do @ v.transpose(-1, -2)
+        ds = p * (dp - (dp * p).sum(-1, keepdim=True)) * scale
+        grads = (ds @ k, ds.transpose(-1, -2) @ q, p.transpose(-1, -2) @ do)
+        return (*(g.transpose(1, 2).to(dout.dtype) for g in grads), None)
+
+
+def fake_fa4(q, k, v, window_size=(None, None)):
+    assert window_size[0] == window_size[1]
+    return FakeFA4.apply(q, k, v, window_size[0])
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_fa4_custom_op_matches_sdpa_and_compiles_whole(monkeypatch, window):
+    monkeypatch.setattr(A, "_fa4", fake_fa4)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 11, 3, 8, generator=g, requires_grad=True) for _ in range(3))
+    dout = torch.randn(2, 11, 3, 8, generator=g)
+    out = A._flash4(q, k, v, window, 0.0)
+    ref = reference(q, k, v, window)
+    assert rel(out, ref) < 1e-6
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want = torch.autograd.grad(ref, (q, k, v), dout.double())
+    assert max(rel(a, b) for a, b in zip(got, want)) < 1e-6
+    compiled = torch.compile(lambda q, k, v: A._flash4(q, k, v, window, 0.0), fullgraph=True, backend="aot_eager")
+    assert torch.allclose(compiled(q, k, v), out)
+    torch.library.opcheck(A._flash4_fwd, (q, k, v, -1 if window is None else window))
+
+
+def test_a_table_pick_that_is_gone_goes_to_sdpa_not_the_fixed_order(monkeypatch):
+    monkeypatch.setattr(A, "_have", {"flash_attn": fake("flash_attn", scale=2.0), "sdpa": A.SDPA})
+    q = torch.randn(1, 10, 2, 8, requires_grad=True)
+    ref = A.SDPA.run(q, q, q, None, 0.0)
+    assert torch.allclose(A.attention(q, q, q), 2 * ref)  # no table: flash_attn first
+    A.use_table([{"seq": 64, "window": None, "grad": True, "ms": {"sdpa": 2.0, "xformers": 1.0}}])
+    assert torch.allclose(A.attention(q, q, q), ref)  # the table ruled on this kind: its pick, else SDPA
+
+
+def test_a_broken_library_reads_as_broken_not_missing(tmp_path, monkeypatch):
+    (tmp_path / "broken_attn_lib.py").write_text("raise RuntimeError('built for another CUDA')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(A, "_unavailable", {})
+    assert A._load("xformers", "broken_attn_lib", "f") is None
+    assert A._unavailable == {"xformers": "broken_attn_lib failed to import (RuntimeError: built for another CUDA)"}
+    assert A._load("flash_attn", "no_such_attn_lib.sub", "f") is None
+    assert "flash_attn" not in A._unavailable  # not installed is not an error
+
+
+def test_a_table_with_an_out_of_memory_row_is_not_cached(tmp_path):
+    path = tmp_path / "t.json"
+    rows = [{"seq": 8, "window": None, "grad": True, "ms": {"sdpa": 1.0, "cudnn": None},
+             "errors": {"cudnn": "OutOfMemoryError: CUDA out of memory"}}]
+    assert T.load_or_measure(path, lambda: rows) == (rows, False)
+    assert not path.exists()

@@ -5,13 +5,13 @@ Tensors are [B, S, H, D] (the layout a fused QKV projection produces). Backends:
 - ``flash_attn``: FlashAttention, the newest generation installed that runs on this GPU: FA4
   (``flash_attn.cute``, Hopper and Blackwell), FA3 (``flash_attn_interface``, Hopper), FA2
   (``flash_attn``, Ampere and later).
-- ``xformers``: ``xformers.ops.memory_efficient_attention``.
-- ``cudnn``: SDPA held to cuDNN's fused attention (no sliding window, no dropout).
+- ``xformers``: ``xformers.ops.memory_efficient_attention`` (half precision).
+- ``cudnn``: SDPA with cuDNN's fused attention first in its priority order.
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with PyTorch's own choice of
   kernel (flash / efficient / cuDNN on GPU, math on CPU); takes every call.
 - ``auto``: per call, the backend a measured table (``attention_table``) names fastest for
   the nearest sequence length of the same kind (windowed or not, with or without backward);
-  with no table, flash_attn where it takes the call, else SDPA.
+  for a kind the table lacks, flash_attn where it takes the call, else SDPA.
 
 Naming a backend this process cannot run (not installed, or no CUDA device) is an error; a call
 the chosen backend cannot take (float32 for the flash kernels, a window or dropout it lacks)
@@ -21,6 +21,7 @@ goes to SDPA, which takes every call.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,10 +68,12 @@ def _sdpa(q, k, v, window, dropout_p):
     return out.transpose(1, 2)
 
 
+# cuDNN first; PyTorch's own kernels take what cuDNN rejects (head dims, query length 1, masks)
 def _cudnn(q, k, v, window, dropout_p):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(order, set_priority=True):
         return _sdpa(q, k, v, window, dropout_p)
 
 
@@ -94,33 +97,94 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+_fa4 = None  # flash_attn.cute.flash_attn_func once found
+
+
+def _fa4_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """FA4 with our window (-1: none; FA4 says None)."""
+    return _first(_fa4(q, k, v, window_size=(None, None) if window < 0 else (window, window)))
+
+
+# FA4 launches through the CuTe DSL, which dynamo cannot trace and activation checkpointing cannot
+# see: as a custom op it is one opaque node named "flash". Its backward sits behind FA4's own
+# autograd function, so ours reruns the forward under autograd (the table times that cost too).
+@torch.library.custom_op("ivn_attn::flash4_fwd", mutates_args=())
+def _flash4_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    return _fa4_run(q, k, v, window).contiguous()
+
+
+@_flash4_fwd.register_fake
+def _(q, k, v, window):
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+@torch.library.custom_op("ivn_attn::flash4_bwd", mutates_args=())
+def _flash4_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        grads = torch.autograd.grad(_fa4_run(*leaves, window), leaves, dout)
+    return tuple(g.contiguous() for g in grads)
+
+
+@_flash4_bwd.register_fake
+def _(dout, q, k, v, window):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _flash4_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3])
+    ctx.window = inputs[3]
+
+
+def _flash4_backward(ctx, dout):
+    return (*_flash4_bwd(dout, *ctx.saved_tensors, ctx.window), None)
+
+
+_flash4_fwd.register_autograd(_flash4_backward, setup_context=_flash4_setup)
+
+
+def _flash4(q, k, v, window, dropout_p):
+    return _flash4_fwd(q, k, v, -1 if window is None else window)
+
+
+_unavailable: dict[str, str] = {}  # backend -> why its library would not import, for the error naming it
+
+
+def _load(backend: str, module: str, attr: str):
+    """`module.attr`, or None: absent quietly, broken with the reason kept (a broken install
+    should not read as a missing one)."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except Exception as e:  # noqa: BLE001 - whatever breaks the import leaves the backend out
+        absent = (isinstance(e, ModuleNotFoundError) and e.name is not None and module.startswith(e.name)) \
+            or isinstance(e, AttributeError)  # e.g. FA4's namespace package `flash_attn` without FA2
+        if not absent:
+            _unavailable.setdefault(backend, f"{module} failed to import ({type(e).__name__}: {e})")
+        return None
+
+
+def _window_size(window: int | None) -> tuple[int, int]:
+    return (-1, -1) if window is None else (window, window)
+
+
 def _flash_generations() -> list[tuple[str, Run, bool, Callable[[tuple[int, int]], bool]]]:
     """(impl, run, takes dropout, runs on capability) for each FlashAttention installed, newest first."""
+    global _fa4
     found = []
-    try:
-        from flash_attn.cute import flash_attn_func as fa4
-    except ImportError:
-        pass
-    else:
-        found.append(("FA4 (flash_attn.cute)",
-                      lambda q, k, v, w, p: _first(fa4(q, k, v, window_size=(None, None) if w is None else (w, w))),
-                      False, lambda cap: cap[0] in (9, 10, 12)))
-    try:
-        from flash_attn_interface import flash_attn_func as fa3
-    except ImportError:
-        pass
-    else:
-        found.append(("FA3 (flash_attn_interface)",
-                      lambda q, k, v, w, p: _first(fa3(q, k, v, window_size=(-1, -1) if w is None else (w, w))),
-                      False, lambda cap: cap[0] == 9))
-    try:
-        from flash_attn import flash_attn_func as fa2
-    except ImportError:
-        pass
-    else:
-        found.append(("FA2 (flash_attn)",
-                      lambda q, k, v, w, p: fa2(q, k, v, dropout_p=p, window_size=(-1, -1) if w is None else (w, w)),
-                      True, lambda cap: cap[0] >= 8))
+    if (fa4 := _load("flash_attn", "flash_attn.cute", "flash_attn_func")) is not None:
+        _fa4 = fa4
+        found.append(("FA4 (flash_attn.cute)", _flash4, False, lambda cap: cap[0] in (9, 10, 11, 12)))
+    if (fa3 := _load("flash_attn", "flash_attn_interface", "flash_attn_func")) is not None:
+        def run3(q, k, v, window, dropout_p):
+            return _first(fa3(q, k, v, window_size=_window_size(window)))
+
+        found.append(("FA3 (flash_attn_interface)", run3, False, lambda cap: cap[0] == 9))
+    if (fa2 := _load("flash_attn", "flash_attn", "flash_attn_func")) is not None:
+        def run2(q, k, v, window, dropout_p):
+            return fa2(q, k, v, dropout_p=dropout_p, window_size=_window_size(window))
+
+        found.append(("FA2 (flash_attn)", run2, True, lambda cap: cap[0] >= 8))
     return found
 
 
@@ -133,17 +197,17 @@ def _flash_backend() -> Backend | None:
 
 
 def _xformers_backend() -> Backend | None:
-    try:
-        import xformers.ops  # noqa: F401
-    except ImportError:
+    if _load("xformers", "xformers.ops", "memory_efficient_attention") is None:
         return None
-    return Backend("xformers", "xformers memory_efficient_attention", _xformers, dtypes=(*HALF, torch.float32))
+    # half precision only: float32 reaches only xformers' cutlass kernel, which has no local window
+    # and stops at sm_90
+    return Backend("xformers", "xformers memory_efficient_attention", _xformers)
 
 
 def _cudnn_backend() -> Backend | None:
     if not torch.backends.cudnn.is_available():
         return None
-    return Backend("cudnn", "SDPA (cuDNN attention)", _cudnn, window=False, dropout=False)
+    return Backend("cudnn", "SDPA (cuDNN first)", _cudnn)
 
 
 SDPA = Backend("sdpa", "SDPA", _sdpa, dtypes=(*HALF, torch.float32, torch.float64), cuda_only=False)
@@ -207,13 +271,9 @@ def set_backend(name: str) -> None:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
     _have = installed()
     if name != "auto" and name not in _have:
-        why = _MISSING[name] if torch.cuda.is_available() else "it needs a CUDA device"
+        why = "it needs a CUDA device" if not torch.cuda.is_available() else _unavailable.get(name, _MISSING[name])
         raise ValueError(f"attention backend {name!r} requested but {why}")
     _selected = name
-
-
-def get_backend() -> str:
-    return _selected
 
 
 def use_table(rows: Sequence[dict]) -> None:
@@ -229,8 +289,8 @@ def pick(q: torch.Tensor, window: int | None = None, dropout_p: float = 0.0) -> 
         wanted = [have[_selected]]
     else:
         choice = _choices.get((window is not None, torch.is_grad_enabled() and q.requires_grad))
-        wanted = [have[choice.at(q.shape[1])]] if choice is not None and choice.at(q.shape[1]) in have else []
-        wanted += [have["flash_attn"]] if "flash_attn" in have else []
+        name = "flash_attn" if choice is None else choice.at(q.shape[1])  # measured: its pick or SDPA
+        wanted = [have[name]] if name in have else []
     return next((b for b in wanted if b.takes(q, window, dropout_p)), SDPA)
 
 
