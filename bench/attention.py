@@ -15,13 +15,12 @@ import argparse
 import json
 import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from ivn_fast.models.attention import installed
-from ivn_fast.models.attention_table import KINDS, PACKAGES, SEQ_LENS, TOKENS, choices_from, measure
+from ivn_fast.models.attention import choices_from, installed
+from ivn_fast.models.attention_table import KINDS, SEQ_LENS, TOKENS, measure, package_versions
 
 
 def pairs(seq: int, window: int | None) -> int:
@@ -95,17 +94,11 @@ def main() -> int:
           + ", ".join(f"{n}: {b.impl}" for n, b in have.items()))
     print(table(rows, peak))
     if args.json:
-        versions = {}
-        for pkg in PACKAGES:
-            try:
-                versions[pkg] = metadata.version(pkg)
-            except metadata.PackageNotFoundError:
-                pass
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "device": name, "capability": torch.cuda.get_device_capability() if device == "cuda" else None,
             "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if device == "cuda" else None, "packages": versions,
+            "cudnn": torch.backends.cudnn.version() if device == "cuda" else None, "packages": package_versions(),
             "impls": {n: b.impl for n, b in have.items()}, "matmul_TFLOPs": peak,
             "command": " ".join(["python -m bench.attention", *sys.argv[1:]]), "rows": rows}, indent=1))
     return 0

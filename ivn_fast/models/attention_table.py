@@ -135,16 +135,22 @@ def describe(rows: Sequence[dict]) -> str:
     return "; ".join(parts) if parts else "no measurements"
 
 
-def cache_file() -> Path:
-    """Where this GPU's table lives, keyed by device and every version that can change a timing."""
+def package_versions() -> dict[str, str]:
+    """The installed attention libraries' versions."""
     versions = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    return versions
+
+
+def cache_file() -> Path:
+    """Where this GPU's table lives, keyed by device and every version that can change a timing."""
     key = json.dumps([torch.cuda.get_device_name(), torch.cuda.get_device_capability(), torch.__version__,
-                      torch.version.cuda, torch.backends.cudnn.version(), versions, SEQ_LENS, KINDS, TOKENS])
+                      torch.version.cuda, torch.backends.cudnn.version(), package_versions(), SEQ_LENS, KINDS,
+                      TOKENS])
     slug = "".join(c if c.isalnum() else "-" for c in torch.cuda.get_device_name()).strip("-")
     root = Path(os.environ.get("IVN_FAST_CACHE", Path.home() / ".cache" / "ivn_fast"))
     return root / "attention" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
