@@ -3,7 +3,10 @@ measured table and what ``auto`` picks from it, the cache, and (on a GPU) every 
 backend against float64, forward and backward."""
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,13 +126,13 @@ def test_pretrain_refuses_a_backend_it_cannot_run(tmp_path, capsys):
 
 
 def test_measure_times_drops_wrong_and_failing_backends_and_picks():
-    backends = {"sdpa": A.SDPA, "slow": fake("slow", delay=0.01), "wrong": fake("wrong", scale=1.5),
+    backends = {"sdpa": A.SDPA, "slow": fake("slow", delay=0.05), "wrong": fake("wrong", scale=1.5),
                 "broken": fake("broken", raises=True), "nowin": fake("nowin", window=False)}
     rows = T.measure((16, 32), ((None, True), (4, True)), backends=backends, heads=2, head_dim=8,
                      dtype=torch.float32, tokens=64, reps=2, device="cpu")
     assert [(r["seq"], r["window"], r["batch"]) for r in rows] == [(16, None, 4), (32, None, 2), (16, 4, 4), (32, 4, 2)]
     for r in rows:
-        assert r["ms"]["slow"] >= 10 > r["ms"]["sdpa"] > 0
+        assert r["ms"]["slow"] >= 50 and r["ms"]["slow"] > r["ms"]["sdpa"] > 0
         assert r["ms"]["wrong"] is None and "disagrees with float32 SDPA" in r["errors"]["wrong"]
         assert r["errors"]["broken"] == "RuntimeError: no kernel for this shape"
         assert ("nowin" in r["ms"]) == (r["window"] is None)  # never asked for what it cannot take
@@ -257,3 +260,17 @@ def test_a_table_with_an_out_of_memory_row_is_not_cached(tmp_path):
              "errors": {"cudnn": "OutOfMemoryError: CUDA out of memory"}}]
     assert T.load_or_measure(path, lambda: rows) == (rows, False)
     assert not path.exists()
+
+
+def test_bench_attention_cpu_smoke(tmp_path):
+    """bench.attention runs end to end and records what a GPU run records."""
+    out = tmp_path / "attention.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.attention", "--cpu-smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["command"] == f"python -m bench.attention --cpu-smoke --json {out}"
+    assert [(r["seq"], r["window"], r["grad"]) for r in result["rows"]] == [
+        (32, None, True), (64, None, True), (32, None, False), (64, None, False), (32, 8, True), (64, 8, True)]
+    assert all(r["ms"]["sdpa"] > 0 and not r["errors"] for r in result["rows"])
+    assert "windowed 8, fwd+bwd" in proc.stdout and "*" in proc.stdout  # auto's pick is marked
