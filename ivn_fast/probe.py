@@ -58,6 +58,7 @@ from ivn_fast.data.synthetic import LABELS, SyntheticVideos
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
+from ivn_fast.viz import save_curves
 
 log = logging.getLogger("ivn_fast")
 
@@ -242,7 +243,7 @@ def train_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tenso
                 head: str, num_classes: int, num_heads: int, epochs: int, batch: int, lr: float,
                 weight_decay: float, seed: int, device: torch.device) -> dict:
     """Train a probe on kept tokens [N, V, S, C] (every training view is a sample); the
-    per-epoch validation top-1 is the probe curve."""
+    per-epoch validation top-1 is the probe curve, beside each epoch's mean training loss."""
     torch.manual_seed(seed)
     x_train, y_train = train
     views = x_train.shape[1]
@@ -252,18 +253,22 @@ def train_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tenso
     steps = epochs * math.ceil(len(x_flat) / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     g = torch.Generator().manual_seed(seed)
-    curve, scores = [], {}
+    curve, losses, scores = [], [], {}
     for _ in range(epochs):
         probe.train()
+        total = torch.zeros((), device=device)
         for idx in torch.randperm(len(x_flat), generator=g).split(batch):
             loss = F.cross_entropy(probe(x_flat[idx].to(device)), y_flat[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            total += loss.detach() * len(idx)
+        losses.append(total.item() / len(x_flat))
         scores = evaluate(probe, val, batch, device)
         curve.append(scores["top1"])
-    return {"curve": curve, **scores, "train_top1": evaluate(probe, train, batch, device)["top1"]}
+    return {"curve": curve, "train_loss": losses, **scores,
+            "train_top1": evaluate(probe, train, batch, device)["top1"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe's initialisation and data order")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
+    parser.add_argument("--plot", type=Path, help="draw the probe curve here (PNG): validation top-1 and "
+                                                  "training loss per epoch")
     return parser
 
 
@@ -373,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
+    if args.plot:
+        save_curves({"validation top-1": {"top-1": record["curve"]}, "training loss": {"cross-entropy":
+                     record["train_loss"]}}, args.plot, f"{label} probe ({args.head}), {args.checkpoint}",
+                    floor={"validation top-1": 1 / num_classes})
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than read: clip grids with labelled rows."""
+"""Pictures people would rather look at than read: clip grids with labelled rows, curves."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ivn_fast.masks import mask_bool
 from ivn_fast.models.patches import unpatchify
@@ -38,13 +38,68 @@ def clip_grid(rows: dict[str, torch.Tensor], clips: int) -> Image.Image:
     return canvas
 
 
-def save_clip_grid(rows: dict[str, torch.Tensor], path: Path, clips: int = 4) -> Path:
+def _save(img: Image.Image, path: Path) -> Path:
+    """Written whole or not at all: a viewer refreshing the file never sees half a picture."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
-    clip_grid(rows, clips).save(tmp)
+    img.save(tmp)
     tmp.replace(path)
     return path
+
+
+def save_clip_grid(rows: dict[str, torch.Tensor], path: Path, clips: int = 4) -> Path:
+    return _save(clip_grid(rows, clips), path)
+
+
+_PANEL_W, _PANEL_H, _MARGIN = 420, 260, 48
+_LINE_COLOURS = [(66, 114, 196), (230, 130, 40), (80, 160, 80), (190, 60, 60)]
+
+
+def curves(panels: dict[str, dict[str, list[float]]], title: str, floor: dict[str, float] | None = None) -> Image.Image:
+    """Line charts side by side, one per panel (panel -> series -> one value per epoch), each y
+    axis from 0 to its largest value; `floor` draws a dashed line per panel (e.g. chance)."""
+    font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=11)
+    width = len(panels) * (_PANEL_W + _MARGIN) + _MARGIN
+    img = Image.new("RGB", (width, _PANEL_H + 2 * _MARGIN + 20), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((width / 2, 14), title, fill="black", font=font, anchor="mm")
+    for p, (name, series) in enumerate(panels.items()):
+        left, top = _MARGIN + p * (_PANEL_W + _MARGIN), _MARGIN
+        values = [v for vs in series.values() for v in vs if v == v] or [1.0]  # v == v: not NaN
+        top_v = max(max(values), (floor or {}).get(name, 0.0), 1e-12) * 1.05
+        epochs = max(len(vs) for vs in series.values())
+
+        def xy(i: int, v: float) -> tuple[float, float]:
+            return left + _PANEL_W * (i / max(epochs - 1, 1)), top + _PANEL_H * (1 - v / top_v)
+
+        draw.rectangle([left, top, left + _PANEL_W, top + _PANEL_H], outline="black")
+        for tick in range(5):
+            v = top_v * tick / 4
+            draw.line([xy(0, v), (left + _PANEL_W, xy(0, v)[1])], fill=(228, 228, 228))
+            draw.text((left - 4, xy(0, v)[1]), f"{v:.3g}", fill="black", font=small, anchor="rm")
+        draw.text((left + _PANEL_W / 2, top - 12), name, fill="black", font=font, anchor="mm")
+        draw.text((left + _PANEL_W / 2, top + _PANEL_H + 16), f"epoch (1-{epochs})", fill="black", font=small,
+                  anchor="mm")
+        if floor and name in floor:
+            y = xy(0, floor[name])[1]
+            for x in range(int(left), int(left + _PANEL_W), 10):
+                draw.line([(x, y), (x + 5, y)], fill=(120, 120, 120))
+            draw.text((left + _PANEL_W - 4, y - 3), "chance", fill=(120, 120, 120), font=small, anchor="rb")
+        for k, (label, vs) in enumerate(series.items()):
+            colour = _LINE_COLOURS[k % len(_LINE_COLOURS)]
+            points = [xy(i, v) for i, v in enumerate(vs) if v == v]
+            if len(points) > 1:
+                draw.line(points, fill=colour, width=2)
+            for x, y in points:
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+            draw.text((left + 8, top + 10 + 14 * k), label, fill=colour, font=small, anchor="lm")
+    return img
+
+
+def save_curves(panels: dict[str, dict[str, list[float]]], path: Path, title: str,
+                floor: dict[str, float] | None = None) -> Path:
+    return _save(curves(panels, title, floor), path)
 
 
 def hide_tokens(pixels: torch.Tensor, vis_idx: torch.Tensor, patch: int, grid: tuple[int, int, int],

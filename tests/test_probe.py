@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from ivn_fast.data.synthetic import SyntheticVideos
@@ -31,6 +32,7 @@ def test_probe_learns_a_separable_task(head):
                          epochs=25, batch=32, lr=1e-2, weight_decay=0.0, seed=0, device=torch.device("cpu"))
     assert result["top1"] > 0.95, result
     assert len(result["curve"]) == 25 and result["curve"][-1] == result["top1"]
+    assert len(result["train_loss"]) == 25 and result["train_loss"][-1] < result["train_loss"][0] / 2
 
 
 class _TokenMeanLogits(nn.Module):
@@ -112,9 +114,11 @@ def checkpoint(tmp_path_factory):
 def test_cli_probes_a_checkpoint_and_its_random_twin(checkpoint, tmp_path, capsys):
     common = ["--checkpoint", str(checkpoint), "--train-list", "synthetic:direction:16", "--val-list",
               "synthetic:direction:8", "--epochs", "2", "--batch", "8"]
-    assert probe_main(common + ["--json", str(tmp_path / "probe.json")]) == 0
+    assert probe_main(common + ["--json", str(tmp_path / "probe.json"), "--plot", str(tmp_path / "c.png")]) == 0
     record = json.loads((tmp_path / "probe.json").read_text())
     assert record["task"] == "direction" and 0.0 <= record["top1"] <= 1.0 and len(record["curve"]) == 2
+    picture = Image.open(tmp_path / "c.png")
+    assert picture.size == (984, 376) and len(picture.getcolors(1 << 16)) > 10  # two panels, lines drawn
     assert record["settings"]["head"] == "attentive" and record["frames"] == 4
     assert probe_main(common + ["--random-init", "--head", "linear"]) == 0
     assert "random encoder" in capsys.readouterr().out
