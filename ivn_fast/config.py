@@ -190,10 +190,11 @@ class TrainConfig:
     precision: str = _f("auto", "bf16 autocast on GPU, fp32 on CPU under auto", ("auto", "bf16", "fp32"))
     device: str = _f("auto", "cuda when available, else cpu", ("auto", "cuda", "cpu"))
     attention: str = _f("auto", "attention backend: FlashAttention (FA4, FA3 or FA2, the newest installed for this "
-                                "GPU), xformers, cuDNN through SDPA, or SDPA with PyTorch's choice; auto follows "
+                                "GPU), xformers, FlexAttention (block-sparse windows), cuDNN through SDPA, or SDPA "
+                                "with PyTorch's choice; auto follows "
                                 "this GPU's measured table (measured on first use and cached under "
                                 "$IVN_FAST_CACHE, default ~/.cache/ivn_fast), SDPA on CPU",
-                        ("auto", "flash_attn", "xformers", "cudnn", "sdpa"))
+                        ("auto", "flash_attn", "xformers", "flex", "cudnn", "sdpa"))
     kernels: str = _f("auto", "masked-token and diffusion-decoder ops: fused Triton kernels or the PyTorch "
                               "reference (auto: Triton on CUDA when importable, else torch)",
                       ("auto", "triton", "torch"))

@@ -109,7 +109,7 @@ def test_named_backends_need_this_machine(monkeypatch):
     with pytest.raises(ValueError, match="one of"):
         A.set_backend("flash")
     if not torch.cuda.is_available():
-        for name in ("flash_attn", "xformers", "cudnn"):
+        for name in ("flash_attn", "xformers", "flex", "cudnn"):
             with pytest.raises(ValueError, match="needs a CUDA device"):
                 A.set_backend(name)
     assert T.configure("sdpa", torch.device("cpu")) == "attention sdpa: SDPA"
@@ -274,3 +274,17 @@ def test_bench_attention_cpu_smoke(tmp_path):
         (32, None, True), (64, None, True), (32, None, False), (64, None, False), (32, 8, True), (64, 8, True)]
     assert all(r["ms"]["sdpa"] > 0 and not r["errors"] for r in result["rows"])
     assert "windowed 8, fwd+bwd" in proc.stdout and "*" in proc.stdout  # auto's pick is marked
+
+
+def test_flex_band_matches_the_dense_window_and_is_built_once():
+    """FlexAttention's block-sparse band against float64 (forward: FlexAttention has no backward
+    on CPU; the GPU test covers it)."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 300, 2, 16, generator=g) for _ in range(3))
+    A._bands.clear()
+    for window in (3, 64):
+        assert rel(A._flex(q, k, v, window, 0.0), reference(q, k, v, window)) < 1e-5
+    assert rel(A._flex(q, k, v, None, 0.0), reference(q, k, v)) < 1e-5
+    mask = A._bands[(300, 3, "cpu")]
+    A._flex(q, k, v, 3, 0.0)
+    assert A._bands[(300, 3, "cpu")] is mask and len(A._bands) == 2

@@ -6,6 +6,8 @@ Tensors are [B, S, H, D] (the layout a fused QKV projection produces). Backends:
   (``flash_attn.cute``, Hopper and Blackwell), FA3 (``flash_attn_interface``, Hopper), FA2
   (``flash_attn``, Ampere and later).
 - ``xformers``: ``xformers.ops.memory_efficient_attention`` (half precision).
+- ``flex``: FlexAttention, compiled; a sliding window is a block-sparse mask, so the blocks
+  wholly outside it are skipped (SDPA computes them all under a dense mask).
 - ``cudnn``: SDPA with cuDNN's fused attention first in its priority order.
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with PyTorch's own choice of
   kernel (flash / efficient / cuDNN on GPU, math on CPU); takes every call.
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "flash_attn", "xformers", "cudnn", "sdpa")
+BACKENDS = ("auto", "flash_attn", "xformers", "flex", "cudnn", "sdpa")
 HALF = (torch.float16, torch.bfloat16)
 
 # (q, k, v, window, dropout_p) -> out, all [B, S, H, D]
@@ -75,6 +77,35 @@ def _cudnn(q, k, v, window, dropout_p):
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     with sdpa_kernel(order, set_priority=True):
         return _sdpa(q, k, v, window, dropout_p)
+
+
+_flex_attend = None  # torch.compile(flex_attention): uncompiled, FlexAttention runs a slow reference path
+_bands: dict[tuple[int, int, str], object] = {}  # (length, window, device) -> BlockMask, for eager calls
+
+
+def _band(seq: int, window: int, device: torch.device):
+    """The block-sparse mask of |i - j| <= window: FlexAttention skips the blocks wholly outside."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def near(b, h, q, kv):
+        return (q - kv).abs() <= window
+
+    if torch.compiler.is_compiling():  # built inside the graph, a few microseconds a call
+        return create_block_mask(near, B=None, H=None, Q_LEN=seq, KV_LEN=seq, device=device)
+    key = (seq, window, str(device))
+    if key not in _bands:
+        _bands[key] = create_block_mask(near, B=None, H=None, Q_LEN=seq, KV_LEN=seq, device=device)
+    return _bands[key]
+
+
+def _flex(q, k, v, window, dropout_p):
+    global _flex_attend
+    if _flex_attend is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _flex_attend = torch.compile(flex_attention, dynamic=False)
+    mask = None if window is None else _band(q.shape[1], window, q.device)
+    return _flex_attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask).transpose(1, 2)
 
 
 def _xformers_bias(window: int | None):
@@ -204,6 +235,14 @@ def _xformers_backend() -> Backend | None:
     return Backend("xformers", "xformers memory_efficient_attention", _xformers)
 
 
+def _flex_backend() -> Backend | None:
+    if _load("flex", "torch.nn.attention.flex_attention", "flex_attention") is None:
+        return None
+    # CUDA only: FlexAttention has no backward on CPU
+    return Backend("flex", "FlexAttention (compiled, block-sparse windows)", _flex,
+                   dtypes=(*HALF, torch.float32), dropout=False)
+
+
 def _cudnn_backend() -> Backend | None:
     if not torch.backends.cudnn.is_available():
         return None
@@ -219,12 +258,14 @@ def installed() -> dict[str, Backend]:
     (the current one: call after ``torch.cuda.set_device``)."""
     found = []
     if torch.cuda.is_available():
-        found = [b for b in (_flash_backend(), _xformers_backend(), _cudnn_backend()) if b is not None]
+        found = [b for b in (_flash_backend(), _xformers_backend(), _flex_backend(), _cudnn_backend())
+                 if b is not None]
     return {**{b.name: b for b in found}, "sdpa": SDPA}
 
 
 _MISSING = {"flash_attn": "no FlashAttention for this GPU is installed (flash-attn, flash-attn-3 or flash-attn-4)",
-            "xformers": "xformers is not installed", "cudnn": "this PyTorch has no cuDNN"}
+            "xformers": "xformers is not installed", "flex": "this PyTorch has no FlexAttention",
+            "cudnn": "this PyTorch has no cuDNN"}
 
 
 @dataclass(frozen=True)
