@@ -284,7 +284,8 @@ def test_flex_band_matches_the_dense_window_and_is_built_once():
     A._bands.clear()
     for window in (3, 64):
         assert rel(A._flex(q, k, v, window, 0.0), reference(q, k, v, window)) < 1e-5
-    assert rel(A._flex(q, k, v, None, 0.0), reference(q, k, v)) < 1e-5
     mask = A._bands[(300, 3, "cpu")]
     A._flex(q, k, v, 3, 0.0)
     assert A._bands[(300, 3, "cpu")] is mask and len(A._bands) == 2
+    backend = A.Backend("flex", "", A._flex, dtypes=(torch.float32,), cuda_only=False, full=False)
+    assert backend.takes(q, 64, 0.0) and not backend.takes(q, None, 0.0)  # windows only

@@ -6,8 +6,8 @@ Tensors are [B, S, H, D] (the layout a fused QKV projection produces). Backends:
   (``flash_attn.cute``, Hopper and Blackwell), FA3 (``flash_attn_interface``, Hopper), FA2
   (``flash_attn``, Ampere and later).
 - ``xformers``: ``xformers.ops.memory_efficient_attention`` (half precision).
-- ``flex``: FlexAttention, compiled; a sliding window is a block-sparse mask, so the blocks
-  wholly outside it are skipped (SDPA computes them all under a dense mask).
+- ``flex``: FlexAttention, compiled, for sliding windows only: the window is a block-sparse mask,
+  so the blocks wholly outside it are skipped (SDPA computes them all under a dense mask).
 - ``cudnn``: SDPA with cuDNN's fused attention first in its priority order.
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with PyTorch's own choice of
   kernel (flash / efficient / cuDNN on GPU, math on CPU); takes every call.
@@ -17,7 +17,7 @@ Tensors are [B, S, H, D] (the layout a fused QKV projection produces). Backends:
 
 Naming a backend this process cannot run (not installed, or no CUDA device) is an error; a call
 the chosen backend cannot take (float32 for the flash kernels, a window or dropout it lacks)
-goes to SDPA, which takes every call.
+goes to SDPA, which takes every call (flex takes windowed calls only).
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ class Backend:
     dtypes: tuple[torch.dtype, ...] = HALF
     cuda_only: bool = True
     window: bool = True  # a sliding window natively
+    full: bool = True  # full attention too
     dropout: bool = True
 
     def takes(self, q: torch.Tensor, window: int | None, dropout_p: float) -> bool:
         return ((q.is_cuda or not self.cuda_only) and q.dtype in self.dtypes and q.shape[-1] <= 256
-                and (window is None or self.window) and (dropout_p == 0.0 or self.dropout))
+                and (self.window if window is not None else self.full) and (dropout_p == 0.0 or self.dropout))
 
 
 def window_mask(s_q: int, s_k: int, window: int, device: torch.device) -> torch.Tensor:
@@ -104,7 +105,7 @@ def _flex(q, k, v, window, dropout_p):
         from torch.nn.attention.flex_attention import flex_attention
 
         _flex_attend = torch.compile(flex_attention, dynamic=False)
-    mask = None if window is None else _band(q.shape[1], window, q.device)
+    mask = _band(q.shape[1], window, q.device)
     return _flex_attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask).transpose(1, 2)
 
 
@@ -238,9 +239,11 @@ def _xformers_backend() -> Backend | None:
 def _flex_backend() -> Backend | None:
     if _load("flex", "torch.nn.attention.flex_attention", "flex_attention") is None:
         return None
-    # CUDA only: FlexAttention has no backward on CPU
+    # windowed calls only, where block sparsity pays: full attention has faster kernels, and the
+    # encoder's lengths vary (Stage 2), which would recompile FlexAttention for each. CUDA only:
+    # FlexAttention has no backward on CPU.
     return Backend("flex", "FlexAttention (compiled, block-sparse windows)", _flex,
-                   dtypes=(*HALF, torch.float32), dropout=False)
+                   dtypes=(*HALF, torch.float32), full=False, dropout=False)
 
 
 def _cudnn_backend() -> Backend | None:
