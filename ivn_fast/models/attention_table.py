@@ -163,6 +163,8 @@ def load_or_measure(path: Path, measure_fn=measure) -> tuple[list[dict], bool]:
         return json.loads(path.read_text())["rows"], True
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    log.info("timing the attention backends on this GPU (once per GPU and software versions; the first "
+             "FlexAttention compiles take a minute or two)")
     rows = measure_fn()
     if any("OutOfMemoryError" in e for r in rows for e in r.get("errors", {}).values()):
         log.warning("attention table not cached: a backend ran out of memory, which another process may have "
