@@ -3,7 +3,7 @@ with and without backward, full and windowed; achieved TFLOP/s against the measu
 rate, and peak memory. It is the measurement ``--train.attention auto`` makes and follows.
 
     python -m bench.attention [--seq 256,512,1024,2048,4096,8192] [--heads 16] [--json OUT]
-    python -m bench.attention --cpu-smoke      # tiny sizes, SDPA on CPU: checks the tool runs
+    python -m bench.attention --cpu-smoke      # fixed tiny sizes, SDPA on CPU: checks the tool runs
 
 FLOPs count the products a kernel must do: 4·S·keys·D per head forward (keys = S, or the
 window's share of it), 2.5 times that backward.
@@ -31,6 +31,7 @@ def pairs(seq: int, window: int | None) -> int:
 
 
 def flops(row: dict) -> float:
+    """Multiply-adds x 2 a row's call must do (backward counted as 2.5 forwards)."""
     fwd = 4 * row["batch"] * row["heads"] * pairs(row["seq"], row["window"]) * row["head_dim"]
     return fwd * (3.5 if row["grad"] else 1.0)
 
@@ -43,6 +44,7 @@ def matmul_tflops(device: str) -> float:
 
 
 def table(rows: list[dict], peak_tflops: float) -> str:
+    """The rows as text: one block per kind, one column per backend, auto's pick starred."""
     names = sorted({n for r in rows for n in r["ms"]}, key=lambda n: (n != "sdpa", n))
     picks = choices_from(rows)
     lines = []
@@ -82,7 +84,10 @@ def main() -> int:
     if not args.cpu_smoke and not torch.cuda.is_available():
         parser.error("no CUDA device; use --cpu-smoke to check the tool on CPU")
     device = "cpu" if args.cpu_smoke else "cuda"
-    seqs = [32, 64] if args.cpu_smoke else [int(s) for s in args.seq.split(",")]
+    try:
+        seqs = [32, 64] if args.cpu_smoke else [int(s) for s in args.seq.split(",")]
+    except ValueError:
+        parser.error(f"--seq takes comma-separated lengths, got {args.seq!r}")
     kinds = [(8 if w is not None else None, g) for w, g in KINDS] if args.cpu_smoke else KINDS
     have = installed()
     rows = measure(seqs, kinds, backends=have, heads=2 if args.cpu_smoke else args.heads,

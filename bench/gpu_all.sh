@@ -3,8 +3,8 @@
 #   bench/gpu_all.sh [kernels] [kernel-tests] [tune-tokens] [profile-tokens] [attention] [train] [report-ablation]
 #                    [report-ac] [report-bf16-decoder] [report-final] [bench]
 #   (default: all but kernel-tests, which kernels includes, tune-tokens, profile-tokens and attention)
-# attention: every installed backend against float64, then the table auto follows; a machine
-# without xformers or FlashAttention can take their wheels through the device tool's .whl carry.
+# attention: every installed backend against float64, then the table auto follows (install xformers
+# or FlashAttention first to have them timed).
 # Results (JSON and logs) go to $OUT (default bench/results); each part keeps going if another fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,8 @@ for part in "${parts[@]}"; do
     # each token op's kernels one by one: where a pass's time goes beyond its main kernel
     profile-tokens) python -m bench.profile_op gather_C768 merge_C768 gather_C1024 merge_C1024 --rows 8 2>&1 \
                       | tee "$OUT/profile-tokens.log" ;;
-    attention) python -m pytest -q -p no:cacheprovider tests/test_attention.py 2>&1 | tee "$OUT/attention-tests.log"
+    attention) python -m pytest -q -p no:cacheprovider tests/test_attention.py 2>&1 | tee "$OUT/attention-tests.log" \
+                 || status=1
                python -m bench.attention --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.log" ;;
     train) rm -rf /tmp/ivn-gpu-run && python -m ivn_fast.pretrain --max-steps 60 --train.progress false --output_dir /tmp/ivn-gpu-run \
              2>&1 | tee "$OUT/train.log" && python -m ivn_fast.pretrain --stage 2 --max-steps 30 \

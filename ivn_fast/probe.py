@@ -1,7 +1,8 @@
 """Probe a frozen encoder on a labelled task: the number pretraining is judged by.
 
     python -m ivn_fast.probe --checkpoint CKPT --train-list synthetic:shape --val-list synthetic:shape \\
-        [--head attentive|linear] [--epochs N] [--segments S --crops C] [--cache-dir DIR] [--json OUT]
+        [--head attentive|linear] [--epochs N] [--segments S --crops C] [--cache-dir DIR] [--json OUT] \\
+        [--plot PNG]
     python -m ivn_fast.probe --checkpoint CKPT --train-list k400_train.txt --val-list k400_val.txt \\
         --root /data/k400 --segments 4 --crops 3
 
@@ -9,7 +10,8 @@ The encoder (a training checkpoint of either stage, a directory written by
 `python -m ivn_fast.export`, or a released InternVideo-Next checkpoint file) stays frozen: its
 tokens are computed once per view and kept, then a probe head is trained on them with AdamW and
 a cosine schedule. `--random-init` probes an encoder of the same shape with random weights, the
-baseline every result is read against.
+baseline every result is read against. On a GPU, attention follows the training run's measured
+table (see `--train.attention` of `ivn_fast.pretrain`), timed on the first run on a new GPU.
 
 Multi-view testing: each validation clip is seen as segments x crops views and the probe's
 softmax is averaged over them (the reported top-1 / top-5; `view_top1` is the mean single-view
@@ -381,9 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     if args.plot:
+        encoder_name = "random encoder" if args.random_init else str(args.checkpoint)
         save_curves({"validation top-1": {"top-1": record["curve"]}, "training loss": {"cross-entropy":
-                     record["train_loss"]}}, args.plot, f"{label} probe ({args.head}), {args.checkpoint}",
-                    floor={"validation top-1": 1 / num_classes})
+                     record["train_loss"]}}, args.plot, f"{label} probe ({args.head}), {encoder_name}",
+                    chance={"validation top-1": 1 / num_classes})
     return 0
 
 

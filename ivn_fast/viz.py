@@ -56,9 +56,9 @@ _PANEL_W, _PANEL_H, _MARGIN = 420, 260, 48
 _LINE_COLOURS = [(66, 114, 196), (230, 130, 40), (80, 160, 80), (190, 60, 60)]
 
 
-def curves(panels: dict[str, dict[str, list[float]]], title: str, floor: dict[str, float] | None = None) -> Image.Image:
+def curves(panels: dict[str, dict[str, list[float]]], title: str, chance: dict[str, float] | None = None) -> Image.Image:
     """Line charts side by side, one per panel (panel -> series -> one value per epoch), each y
-    axis from 0 to its largest value; `floor` draws a dashed line per panel (e.g. chance)."""
+    axis from 0 to its largest value; `chance` draws a dashed line in the panels it names."""
     font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=11)
     width = len(panels) * (_PANEL_W + _MARGIN) + _MARGIN
     img = Image.new("RGB", (width, _PANEL_H + 2 * _MARGIN + 20), "white")
@@ -67,7 +67,7 @@ def curves(panels: dict[str, dict[str, list[float]]], title: str, floor: dict[st
     for p, (name, series) in enumerate(panels.items()):
         left, top = _MARGIN + p * (_PANEL_W + _MARGIN), _MARGIN
         values = [v for vs in series.values() for v in vs if v == v] or [1.0]  # v == v: not NaN
-        top_v = max(max(values), (floor or {}).get(name, 0.0), 1e-12) * 1.05
+        top_v = max(max(values), (chance or {}).get(name, 0.0), 1e-12) * 1.05
         epochs = max(len(vs) for vs in series.values())
 
         def xy(i: int, v: float) -> tuple[float, float]:
@@ -81,8 +81,8 @@ def curves(panels: dict[str, dict[str, list[float]]], title: str, floor: dict[st
         draw.text((left + _PANEL_W / 2, top - 12), name, fill="black", font=font, anchor="mm")
         draw.text((left + _PANEL_W / 2, top + _PANEL_H + 16), f"epoch (1-{epochs})", fill="black", font=small,
                   anchor="mm")
-        if floor and name in floor:
-            y = xy(0, floor[name])[1]
+        if chance and name in chance:
+            y = xy(0, chance[name])[1]
             for x in range(int(left), int(left + _PANEL_W), 10):
                 draw.line([(x, y), (x + 5, y)], fill=(120, 120, 120))
             draw.text((left + _PANEL_W - 4, y - 3), "chance", fill=(120, 120, 120), font=small, anchor="rb")
@@ -98,8 +98,9 @@ def curves(panels: dict[str, dict[str, list[float]]], title: str, floor: dict[st
 
 
 def save_curves(panels: dict[str, dict[str, list[float]]], path: Path, title: str,
-                floor: dict[str, float] | None = None) -> Path:
-    return _save(curves(panels, title, floor), path)
+                chance: dict[str, float] | None = None) -> Path:
+    """`curves`, written atomically as a PNG."""
+    return _save(curves(panels, title, chance), path)
 
 
 def hide_tokens(pixels: torch.Tensor, vis_idx: torch.Tensor, patch: int, grid: tuple[int, int, int],

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ivn_fast.cache import cache_root
 from ivn_fast.data.augment import _SCALE, _SHIFT, Crop, cut
 
 log = logging.getLogger("ivn_fast")
@@ -124,7 +125,7 @@ def _build(source: Path) -> Path:
     """The compiled library for this source and command, built unless already in the cache."""
     command = [*_compiler(), *FLAGS]
     key = hashlib.sha256(source.read_bytes() + " ".join([*command, platform.machine()]).encode()).hexdigest()
-    cache = Path(os.environ.get("IVN_FAST_CACHE") or Path.home() / ".cache" / "ivn_fast")
+    cache = cache_root()
     target = cache / f"yuv_cut-{key[:16]}.so"
     if target.is_file():
         return target

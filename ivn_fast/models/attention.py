@@ -183,6 +183,12 @@ def _flash4(q, k, v, window, dropout_p):
 _unavailable: dict[str, str] = {}  # backend -> why its library would not import, for the error naming it
 
 
+def unavailable() -> dict[str, str]:
+    """Backends whose library is installed but would not import, with the reason."""
+    installed()
+    return dict(_unavailable)
+
+
 def _load(backend: str, module: str, attr: str):
     """`module.attr`, or None: absent quietly, broken with the reason kept (a broken install
     should not read as a missing one)."""
@@ -348,4 +354,6 @@ def attention(
 ) -> torch.Tensor:
     """Softmax attention over [B, S, H, D] inputs; ``window`` limits each query to keys within
     that many positions on either side (ModernBERT's local layers)."""
+    if window is not None and q.shape[1] != k.shape[1]:  # backends align a window differently otherwise
+        raise ValueError(f"a sliding window needs as many queries as keys, got {q.shape[1]} and {k.shape[1]}")
     return pick(q, window, dropout_p).run(q, k, v, window, dropout_p)

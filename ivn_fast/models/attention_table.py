@@ -16,13 +16,14 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from ivn_fast.models.attention import SDPA, Backend, choices_from, installed, set_backend, use_table
+from ivn_fast.cache import cache_root
+from ivn_fast.models.attention import SDPA, Backend, choices_from, installed, set_backend, unavailable, use_table
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ SEQ_LENS = (256, 512, 1024, 2048, 4096, 8192)
 WINDOW = 64  # ModernBERT-large's local layers: a 128-token window, 64 on either side
 KINDS = ((None, True), (None, False), (WINDOW, True))  # (window, with backward)
 TOKENS = 32768  # batch x sequence per measurement, about one training micro-batch's worth
-PACKAGES = ("flash-attn", "flash-attn-3", "flash_attn_3", "flash-attn-4", "nvidia-cutlass-dsl", "xformers",
+PACKAGES = ("flash-attn", "flash-attn-3", "flash-attn-4", "nvidia-cutlass-dsl", "xformers",
             "nvidia-cudnn-cu12", "nvidia-cudnn-cu13")
 
 
@@ -131,7 +132,8 @@ def describe(rows: Sequence[dict]) -> str:
                 merged[-1] = (span, name)
             else:
                 merged.append((span, name))
-        parts.append(f"{names.get(kind, str(kind))}: " + ", ".join(s for s, _ in merged))
+        text = name if len(merged) == 1 else ", ".join(s for s, _ in merged)  # one winner: no ranges
+        parts.append(f"{names.get(kind, str(kind))}: {text}")
     return "; ".join(parts) if parts else "no measurements"
 
 
@@ -152,11 +154,10 @@ def cache_file() -> Path:
                       torch.version.cuda, torch.backends.cudnn.version(), package_versions(), SEQ_LENS, KINDS,
                       TOKENS])
     slug = "".join(c if c.isalnum() else "-" for c in torch.cuda.get_device_name()).strip("-")
-    root = Path(os.environ.get("IVN_FAST_CACHE", Path.home() / ".cache" / "ivn_fast"))
-    return root / "attention" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    return cache_root() / "attention" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
-def load_or_measure(path: Path, measure_fn=measure) -> tuple[list[dict], bool]:
+def load_or_measure(path: Path, measure_fn: Callable[[], list[dict]] = measure) -> tuple[list[dict], bool]:
     """The cached rows at `path`, or freshly measured ones written there; (rows, came from cache).
     An unreadable cache is measured again."""
     try:
@@ -180,14 +181,16 @@ def load_or_measure(path: Path, measure_fn=measure) -> tuple[list[dict], bool]:
     return rows, False
 
 
-def configure(name: str, device: torch.device, *, is_main: bool = True, share=lambda rows: rows) -> str:
+def configure(name: str, device: torch.device, *, is_main: bool = True,
+              share: Callable[[list[dict] | None], list[dict]] = lambda rows: rows) -> str:
     """Select the attention backend for this process and return a line for the log. Under ``auto``
     on a GPU, follow this device's table: cached, or measured now by the main process; `share`
     hands the main process's rows to every process (a broadcast under torchrun)."""
     set_backend(name)
+    missing = "".join(f"; left out: {why}" for why in unavailable().values())  # a broken install, named
     if name != "auto" or device.type != "cuda":
         use_table([])
-        return f"attention {name}: {installed()[name].impl if name != 'auto' else SDPA.impl}"
+        return f"attention {name}: {installed()[name].impl if name != 'auto' else SDPA.impl}{missing}"
     start = time.perf_counter()
     path = cache_file()
     rows, cached = [], False
@@ -197,6 +200,8 @@ def configure(name: str, device: torch.device, *, is_main: bool = True, share=la
         except Exception as e:  # noqa: BLE001 - the run goes on without a table; every process gets the same rows
             log.warning("attention table not measured (%s: %s); auto uses its fixed order", type(e).__name__, e)
     rows = share(rows)
+    if not cached:  # timing compiled FlexAttention at many shapes would eat dynamo's recompile budget
+        torch.compiler.reset()
     use_table(rows)
     how = "cached" if cached else f"measured in {time.perf_counter() - start:.1f} s"
-    return f"attention auto ({how}, {path}): {describe(rows)}"
+    return f"attention auto ({how}, {path}): {describe(rows)}{missing}"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def broadcast_object(obj):
+def broadcast_object(obj: T) -> T:
     """The main process's `obj` on every process (picklable objects)."""
     if not dist.is_initialized():
         return obj
