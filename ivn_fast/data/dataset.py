@@ -9,6 +9,8 @@ the sample (ivn_fast.data.health counts it in the main process).
 At test time (train=False) every video gives segments x crops clips: temporal view s and
 spatial view c of video i is item (i * segments + s) * crops + c.
 
+A list entry that is a folder of frame images (rawframes) is read by ivn_fast.data.frames.
+
 With native_cut (auto: where it builds; on: fail here if it cannot), clips of yuv420p frames are
 cut straight from their YUV planes by ivn_fast.data.native, skipping the RGB conversion of
 whole frames; other frames, and native_cut off, go through RGB and augment.cut.
@@ -24,11 +26,13 @@ from torch.utils.data import Dataset
 
 from ivn_fast.data import native
 from ivn_fast.data.augment import Crop, cut, multiscale_crop, view_crop
+from ivn_fast.data.frames import open_video
 from ivn_fast.data.health import BadVideo, TooManyBadSamples, encode_skips
 from ivn_fast.data.lists import VideoList
 from ivn_fast.data.sampling import clip_indices
 
 if TYPE_CHECKING:
+    from ivn_fast.data.frames import FrameFolder
     from ivn_fast.data.pyav import PyAVVideo
 
 # replacements tried for one sample before giving up: with 1% bad files, 12 failures in a row
@@ -77,7 +81,7 @@ class VideoClips(Dataset):
     def _rng(self, *parts: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, *parts])
 
-    def _frames(self, video: PyAVVideo, index: int, epoch: int, view: int) -> np.ndarray:
+    def _frames(self, video: PyAVVideo | FrameFolder, index: int, epoch: int, view: int) -> np.ndarray:
         entry = self.videos[index]
         first, count = video.window(entry.start, entry.end)
         if count < self.min_frames:
@@ -93,10 +97,8 @@ class VideoClips(Dataset):
                                flip=self.flip and self.videos.flips(index))
 
     def _attempt(self, index: int, epoch: int, view: int, decode: bool) -> torch.Tensor | Plan:
-        from ivn_fast.data.pyav import PyAVVideo  # here: synthetic-data runs need no PyAV installed
-
         path = self.videos[index].path
-        with PyAVVideo(path, self.threads) as video:
+        with open_video(path, self.threads) as video:
             frames = self._frames(video, index, epoch, view)
             if not decode:
                 video.check_reaches(int(frames.max()))

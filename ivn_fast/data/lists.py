@@ -7,6 +7,8 @@ One line per video, in any of:
 - ``source path total_time start end label``, the released multi-source format: ``start`` and
   ``end`` (seconds) trim the video, -1 means the whole video; ``total_time`` is kept for
   reference (frame positions come from the file's own clock);
+- ``frame_dir total_frames label`` (TSN / mmaction rawframes): a folder of frame images; the
+  count is not kept (the folder's own images are counted when it is read);
 - a directory instead of a file: every video under it, recursively, with no label.
 
 Blank lines and lines starting with ``#`` are ignored; relative paths are joined onto the root
@@ -75,6 +77,8 @@ def _parse_line(line: str, where: str) -> VideoEntry | None:
                 raise ListError(f"{where}: the window ends ({end:g} s) before it starts ({start:g} s)")
             return VideoEntry(" ".join(fields[1:-4]), label, fields[0], -1.0 if whole else start,
                               -1.0 if whole else end)
+    if len(fields) == 3 and _int(fields[1]) is not None and _int(fields[2]) is not None:
+        return VideoEntry(fields[0], int(fields[2]))  # rawframes: the count is the folder's business
     for sep in (",", None):
         parts = line.rsplit(sep, 1)
         if len(parts) == 2 and _int(parts[1].strip()) is not None:
@@ -110,8 +114,8 @@ def read_list(path: str | os.PathLike, root: str = "", num_classes: int = 0) -> 
                         log.log(logging.WARNING if named else logging.INFO,
                                 "%s: %r is not an entry; read as a header line", where, line)
                         continue
-                    raise ListError(f"{where}: cannot read {line!r} as 'path label' or "
-                                    "'source path total_time start end label'")
+                    raise ListError(f"{where}: cannot read {line!r} as 'path label', 'frame_dir "
+                                    "total_frames label' or 'source path total_time start end label'")
                 first = False
                 if entry.label != NO_LABEL and not 0 <= entry.label < (num_classes or MAX_LABEL + 1):
                     bound = f"[0, {num_classes})" if num_classes else f"[0, {MAX_LABEL}]"

@@ -27,6 +27,7 @@ from av.video.reformatter import VideoReformatter
 
 from ivn_fast.data.health import BadVideo
 from ivn_fast.data.native import YUV420
+from ivn_fast.data.sampling import time_window
 
 SEEK_GAP_S = 2.0
 # a stream that ends this much before a wanted frame (frames, or a share of its length, whichever
@@ -121,9 +122,7 @@ class PyAVVideo:
 
     def window(self, start: float, end: float) -> tuple[int, int]:
         """(first frame, frame count) of the window [start, end) seconds; negative bounds: the ends."""
-        first = min(int(start * self.fps), self.num_frames) if start > 0 else 0
-        last = min(int(end * self.fps), self.num_frames) if end >= 0 else self.num_frames
-        return first, max(0, last - first)
+        return time_window(start, end, self.fps, self.num_frames)
 
     def read(self, numbers: np.ndarray, yuv: bool = False) -> np.ndarray | YUV420:
         """Frames `numbers` (any order, repeats allowed) as [len, H, W, 3] uint8, upright; with `yuv`,

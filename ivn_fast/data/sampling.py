@@ -21,6 +21,13 @@ import numpy as np
 MODES = ("sparse", "dense")
 
 
+def time_window(start: float, end: float, fps: float, num_frames: int) -> tuple[int, int]:
+    """(first frame, frame count) of the window [start, end) seconds; negative bounds: the ends."""
+    first = min(int(start * fps), num_frames) if start > 0 else 0
+    last = min(int(end * fps), num_frames) if end >= 0 else num_frames
+    return first, max(0, last - first)
+
+
 def sparse_indices(n: int, num_frames: int, u: np.ndarray) -> np.ndarray:
     """Frame i at relative position u[i] of segment i."""
     segment = np.arange(num_frames, dtype=np.float64)
