@@ -299,3 +299,28 @@ def test_flex_band_matches_the_dense_window_and_is_built_once():
     assert A._bands[(300, 3, "cpu")] is mask and len(A._bands) == 2
     backend = A.Backend("flex", "", A._flex, dtypes=(torch.float32,), cuda_only=False, full=False)
     assert backend.takes(q, 64, 0.0) and not backend.takes(q, None, 0.0)  # windows only
+
+
+def test_configure_on_a_gpu_measures_once_shares_and_then_reads_the_cache(tmp_path, monkeypatch):
+    """The GPU branch of configure, with the device queries and the timing stood in for."""
+    monkeypatch.setenv("IVN_FAST_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU 80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
+    rows = [{"seq": 1024, "window": None, "grad": True, "ms": {"sdpa": 2.0, "cudnn": 1.0}, "errors": {}}]
+    calls, shared = [], []
+    monkeypatch.setattr(T, "measure", lambda: calls.append(1) or rows)
+    cuda = torch.device("cuda")
+
+    def share(r):
+        shared.append(r)
+        return r
+
+    first = T.configure("auto", cuda, share=share)
+    assert first.startswith("attention auto (measured in ") and first.endswith("full: cudnn")
+    assert shared == [rows] and len(calls) == 1
+    second = T.configure("auto", cuda, share=share)
+    assert second.startswith(f"attention auto (cached, {tmp_path / 'attention'}/Fake-GPU-80GB-")
+    assert len(calls) == 1 and shared[-1] == rows
+    assert A._choices[(False, True)].at(1024) == "cudnn"
+    assert T.configure("auto", cuda, is_main=False, share=lambda r: r or rows).endswith("full: cudnn")

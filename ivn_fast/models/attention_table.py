@@ -157,7 +157,7 @@ def cache_file() -> Path:
     return cache_root() / "attention" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
-def load_or_measure(path: Path, measure_fn: Callable[[], list[dict]] = measure) -> tuple[list[dict], bool]:
+def load_or_measure(path: Path, measure_fn: Callable[[], list[dict]] | None = None) -> tuple[list[dict], bool]:
     """The cached rows at `path`, or freshly measured ones written there; (rows, came from cache).
     An unreadable cache is measured again."""
     try:
@@ -166,7 +166,7 @@ def load_or_measure(path: Path, measure_fn: Callable[[], list[dict]] = measure) 
         pass
     log.info("timing the attention backends on this GPU (once per GPU and software versions; the first "
              "FlexAttention compiles take a minute or two)")
-    rows = measure_fn()
+    rows = (measure_fn or measure)()
     if any("OutOfMemoryError" in e for r in rows for e in r.get("errors", {}).values()):
         log.warning("attention table not cached: a backend ran out of memory, which another process may have "
                     "caused; the next run measures again")
