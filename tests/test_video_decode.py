@@ -7,7 +7,7 @@ import pytest
 import ivn_fast.data.pyav as pyav
 from ivn_fast.data.health import BadVideo
 from ivn_fast.data.pyav import PyAVVideo
-from video_helpers import CODECS, frame_number, write_audio_only, write_size_change, write_video
+from video_helpers import CODECS, frame_number, paint, write_audio_only, write_size_change, write_video
 
 
 def numbers_of(path, wanted):
@@ -97,3 +97,24 @@ def test_audio_track_is_ignored_and_audio_only_is_no_video(tmp_path):
     with pytest.raises(BadVideo) as e:
         PyAVVideo(str(write_audio_only(tmp_path / "sound")))
     assert e.value.reason == "no_video"
+
+
+def test_raw_elementary_stream_reads_from_its_start_in_decode_order(tmp_path):
+    """A .h264 stream has no container, timestamps or index: frame k is the k-th it decodes to."""
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": "8", "crf": "1"}  # B-frames too: decode order is not display order
+        for i in range(30):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(paint(i, 48, 64), format="rgb24")))
+        out.mux(stream.encode())
+    with PyAVVideo(str(path)) as video:
+        assert video.num_frames == 30 and not video.timed
+        assert [frame_number(f) for f in video.read(np.array([13, 0, 29, 5, 13]))] == [13, 0, 29, 5, 13]
+        assert [frame_number(f) for f in video.read(np.array([2]))] == [2]  # read again: from the start
+        video.check_reaches(29)
+        with pytest.raises(BadVideo, match="frame 30 wanted"):
+            video.check_reaches(30)
+        with pytest.raises(BadVideo, match="frame 31 wanted, the stream ends at frame 29"):
+            video.read(np.array([31]))

@@ -11,6 +11,9 @@ SEEK_GAP_S seconds seeks instead of demuxing through, so long or trimmed videos 
 near the frames used. Frames come back upright (rotation metadata applied) as RGB uint8, or,
 where asked and possible, as their YUV 4:2:0 planes for the native cut (ivn_fast.data.native).
 
+A raw elementary stream (.h264, .hevc: no container, no timestamps, no index to seek by) is read
+from its start, frame k being the k-th frame it decodes to.
+
 Every failure is a BadVideo with its reason (see ivn_fast.data.health).
 """
 
@@ -64,7 +67,8 @@ class PyAVVideo:
             raise BadVideo("unreadable", str(e)) from None
         if size == 0:
             raise BadVideo("empty")
-        self.file_size = size
+        self.file_size, self.path = size, path
+        self.timed = True  # packets carry timestamps (false for raw elementary streams)
         try:
             self.container = av.open(path, metadata_errors="ignore")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
@@ -108,11 +112,12 @@ class PyAVVideo:
             seconds = self.container.duration / av.time_base - self.start_pts * self.time_base
             return max(0, round(seconds * self.fps))
         try:
-            count = sum(1 for p in self.container.demux(s) if p.size)
+            sized = [p for p in self.container.demux(s) if p.size]
             self._used = True
         except av.FFmpegError as e:
             raise BadVideo("corrupt", _why(e)) from None
-        return count
+        self.timed = any(_pts(p) is not None for p in sized)
+        return len(sized)
 
     def __enter__(self) -> PyAVVideo:
         return self
@@ -129,10 +134,13 @@ class PyAVVideo:
         as their YUV 4:2:0 planes (no conversion, no copy) where the native cut can take them."""
         numbers = np.asarray(numbers)
         try:
-            try:
-                chosen = _Reader(self, np.unique(numbers), seek=True).run()
-            except _Overshoot:
-                chosen = _Reader(self, np.unique(numbers), seek=False).run()
+            if not self.timed:
+                chosen = self._read_in_order(np.unique(numbers))
+            else:
+                try:
+                    chosen = _Reader(self, np.unique(numbers), seek=True).run()
+                except _Overshoot:
+                    chosen = _Reader(self, np.unique(numbers), seek=False).run()
         except av.FFmpegError as e:
             raise BadVideo("corrupt", _why(e)) from None
         frames = [chosen[int(n)] for n in numbers]
@@ -148,9 +156,35 @@ class PyAVVideo:
                 arrays[id(frame)] = np.rot90(rgb, quarter_turns) if quarter_turns else rgb
         return np.stack([arrays[id(f)] for f in frames])
 
+    def _read_in_order(self, wanted: np.ndarray) -> dict[int, av.VideoFrame]:
+        """Frames of a stream without timestamps, by their place in the decoder's output."""
+        if self._used:  # such a stream cannot seek back: open it again
+            index, threads = self.stream.index, self.stream.codec_context.thread_count
+            self.container.close()
+            try:
+                self.container = av.open(self.path, metadata_errors="ignore")
+            except (av.FFmpegError, OSError) as e:
+                raise BadVideo("unreadable", f"reopening to read from the start failed ({_why(e)})") from None
+            self.stream = next(s for s in self.container.streams.video if s.index == index)
+            self.stream.codec_context.thread_type = "AUTO"
+            self.stream.codec_context.thread_count = threads
+        self._used = True
+        chosen, last, count = {}, int(wanted[-1]), 0
+        for count, frame in enumerate(self.container.decode(self.stream), 1):
+            if count - 1 in wanted:
+                chosen[count - 1] = frame
+            if count > last:
+                return chosen
+        raise BadVideo("truncated", f"frame {last} wanted, the stream ends at frame {count - 1} "
+                                    f"of {self.num_frames} counted")
+
     def check_reaches(self, number: int) -> None:
         """Raise BadVideo("truncated") unless the stream holds a packet near frame `number`, by
         demuxing around it (no decoding): a cheap check for decoders that would pad instead."""
+        if not self.timed:  # counted packet by packet when opened
+            if number >= self.num_frames:
+                raise BadVideo("truncated", f"frame {number} wanted, the stream holds {self.num_frames}")
+            return
         per_frame = 1.0 / (self.fps * self.time_base)
         slack = max(TRUNCATION_FRAMES, TRUNCATION_SHARE * self.num_frames) * per_frame
         target = self.start_pts + number * per_frame
