@@ -154,6 +154,21 @@ def test_initial_denoiser_and_timestep_embedding():
     torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
 
 
+def test_timestep_table_gives_the_per_row_conditioning_and_gradients():
+    """More rows than timesteps: one embedding per timestep, gathered; same values and gradients."""
+    torch.manual_seed(0)
+    net = MLPDenoiser(target_dim=6, width=32, z_dim=4, depth=2, num_timesteps=10)
+    t = torch.randint(0, 10, (40,))
+    by_table = net.time(t)
+    net.num_timesteps = 1000  # now 40 rows are fewer: embedded row by row
+    by_row = net.time(t)
+    torch.testing.assert_close(by_table, by_row)
+    weight = torch.randn(40, 32)
+    grads = [torch.autograd.grad((out * weight).sum(), list(net.t_embed.parameters())) for out in (by_table, by_row)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_gradients_reach_every_parameter_after_two_steps():
     torch.manual_seed(0)
     dec = DiffusionDecoder(z_dim=8, target_dim=12, width=32, depth=2)

@@ -33,8 +33,8 @@ class DiffusionDecoder(nn.Module):
         self.diffusion_batch_mul = diffusion_batch_mul
         self.num_sampling_steps = num_sampling_steps
         self.fp32 = fp32
-        self.net = MLPDenoiser(target_dim, width, z_dim, depth)
         self.diffusion = GaussianDiffusion.cosine(1000)
+        self.net = MLPDenoiser(target_dim, width, z_dim, depth, num_timesteps=self.diffusion.num_timesteps)
         self._samplers: dict[int, GaussianDiffusion] = {}
 
     def _precision(self, z: torch.Tensor) -> contextlib.AbstractContextManager:
