@@ -55,6 +55,11 @@ def _pts(packet: av.Packet) -> int | None:
     return packet.pts if packet.pts is not None else packet.dts
 
 
+def _decode_threads(stream: av.video.stream.VideoStream, threads: int) -> None:
+    stream.codec_context.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
+
+
 class PyAVVideo:
     """One open video file. Use as a context manager; the constructor raises BadVideo."""
 
@@ -88,8 +93,7 @@ class PyAVVideo:
         if stream.codec_context is None:
             raise BadVideo("unsupported_codec", "this FFmpeg build has no decoder for the video stream")
         self.codec = stream.codec_context.name
-        stream.codec_context.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
+        _decode_threads(stream, threads)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate or rate <= 0 or stream.time_base is None:
             raise BadVideo("unreadable", "the video stream has no frame rate or time base")
@@ -166,8 +170,7 @@ class PyAVVideo:
             except (av.FFmpegError, OSError) as e:
                 raise BadVideo("unreadable", f"reopening to read from the start failed ({_why(e)})") from None
             self.stream = next(s for s in self.container.streams.video if s.index == index)
-            self.stream.codec_context.thread_type = "AUTO"
-            self.stream.codec_context.thread_count = threads
+            _decode_threads(self.stream, threads)
         self._used = True
         chosen, last, count = {}, int(wanted[-1]), 0
         for count, frame in enumerate(self.container.decode(self.stream), 1):

@@ -91,11 +91,14 @@ def _band(seq: int, window: int, device: torch.device):
     def near(b, h, q, kv):
         return (q - kv).abs() <= window
 
-    if torch.compiler.is_compiling():  # built inside the graph, a few microseconds a call
+    def build():
         return create_block_mask(near, B=None, H=None, Q_LEN=seq, KV_LEN=seq, device=device)
+
+    if torch.compiler.is_compiling():  # built inside the graph, a few microseconds a call
+        return build()
     key = (seq, window, str(device))
     if key not in _bands:
-        _bands[key] = create_block_mask(near, B=None, H=None, Q_LEN=seq, KV_LEN=seq, device=device)
+        _bands[key] = build()
     return _bands[key]
 
 
@@ -132,16 +135,15 @@ def _first(out):
 _fa4 = None  # flash_attn.cute.flash_attn_func once found
 
 
-def _fa4_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """FA4 with our window (-1: none; FA4 says None)."""
-    return _first(_fa4(q, k, v, window_size=(None, None) if window < 0 else (window, window)))
+def _fa4_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
+    return _first(_fa4(q, k, v, window_size=(window, window)))  # FA4 says (None, None) for no window
 
 
 # FA4 launches through the CuTe DSL, which dynamo cannot trace and activation checkpointing cannot
 # see: as a custom op it is one opaque node named "flash". Its backward sits behind FA4's own
 # autograd function, so ours reruns the forward under autograd (the table times that cost too).
 @torch.library.custom_op("ivn_attn::flash4_fwd", mutates_args=())
-def _flash4_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+def _flash4_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
     return _fa4_run(q, k, v, window).contiguous()
 
 
@@ -152,7 +154,7 @@ def _(q, k, v, window):
 
 @torch.library.custom_op("ivn_attn::flash4_bwd", mutates_args=())
 def _flash4_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                window: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
         grads = torch.autograd.grad(_fa4_run(*leaves, window), leaves, dout)
@@ -177,7 +179,7 @@ _flash4_fwd.register_autograd(_flash4_backward, setup_context=_flash4_setup)
 
 
 def _flash4(q, k, v, window, dropout_p):
-    return _flash4_fwd(q, k, v, -1 if window is None else window)
+    return _flash4_fwd(q, k, v, window)
 
 
 _unavailable: dict[str, str] = {}  # backend -> why its library would not import, for the error naming it

@@ -114,7 +114,9 @@ def measure(seq_lens: Sequence[int] = SEQ_LENS, kinds: Sequence[tuple[int | None
             backends: Mapping[str, Backend] | None = None, **kwargs) -> list[dict]:
     """Rows for every (window, backward) kind and sequence length."""
     backends = installed() if backends is None else backends
-    return [measure_point(seq, window, grad, backends=backends, **kwargs) for window, grad in kinds for seq in seq_lens]
+    rows = [measure_point(seq, window, grad, backends=backends, **kwargs) for window, grad in kinds for seq in seq_lens]
+    torch.compiler.reset()  # compiled FlexAttention at every measured shape would eat dynamo's recompile budget
+    return rows
 
 
 def describe(rows: Sequence[dict]) -> str:
@@ -182,7 +184,7 @@ def load_or_measure(path: Path, measure_fn: Callable[[], list[dict]] | None = No
 
 
 def configure(name: str, device: torch.device, *, is_main: bool = True,
-              share: Callable[[list[dict] | None], list[dict]] = lambda rows: rows) -> str:
+              share: Callable[[list[dict]], list[dict]] = lambda rows: rows) -> str:
     """Select the attention backend for this process and return a line for the log. Under ``auto``
     on a GPU, follow this device's table: cached, or measured now by the main process; `share`
     hands the main process's rows to every process (a broadcast under torchrun)."""
@@ -200,8 +202,6 @@ def configure(name: str, device: torch.device, *, is_main: bool = True,
         except Exception as e:  # noqa: BLE001 - the run goes on without a table; every process gets the same rows
             log.warning("attention table not measured (%s: %s); auto uses its fixed order", type(e).__name__, e)
     rows = share(rows)
-    if not cached:  # timing compiled FlexAttention at many shapes would eat dynamo's recompile budget
-        torch.compiler.reset()
     use_table(rows)
     how = "cached" if cached else f"measured in {time.perf_counter() - start:.1f} s"
     return f"attention auto ({how}, {path}): {describe(rows)}{missing}"
