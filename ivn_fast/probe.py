@@ -31,6 +31,11 @@ cuts off.
 
 `--head linear` reads mean-pooled tokens; `--cache-dir DIR` keeps those on disk, keyed by the
 encoder's weights and the data, so later probes of the same encoder skip the encoder.
+
+Object tracking (the paper's Waymo probe; `ivn_fast.tracking`): `synthetic:track[:CLIPS]`, or box
+lists (`.jsonl`, one window of frames and boxes per line). Given each object's first-frame box, a
+readout predicts its box in every later frame; the result is the mean IoU, beside the IoU of
+keeping the first box (`static_miou`), which the readout starts from.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ from ivn_fast.data.synthetic import LABELS, SyntheticVideos
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
-from ivn_fast.viz import save_curves
+from ivn_fast.tracking import TARGET_KEYS, BoxList, SyntheticTracks, later_frames, predict_boxes, train_tracker
+from ivn_fast.viz import draw_boxes, save_clip_grid, save_curves
 
 log = logging.getLogger("ivn_fast")
 
@@ -84,19 +90,22 @@ class Task:
 
 
 def synthetic_task(spec: str, split: str, *, frames: int, size: int, segments: int, crops: int) -> Task:
-    """'synthetic:LABEL[:CLIPS]' on the built-in set (train and validation from different seeds)."""
+    """'synthetic:LABEL[:CLIPS]' on the built-in set (train and validation from different seeds);
+    LABEL 'track' is the tracking task on the same clips."""
     parts = spec.split(":")
-    if parts[0] != "synthetic" or len(parts) not in (2, 3) or parts[1] not in LABELS:
+    if parts[0] != "synthetic" or len(parts) not in (2, 3) or parts[1] not in (*LABELS, "track"):
         raise ValueError(f"--{split}-list {spec!r}: expected synthetic:LABEL[:CLIPS] with LABEL one of "
-                         f"{', '.join(LABELS)}")
+                         f"{', '.join(LABELS)}, track")
     clips = int(parts[2]) if len(parts) == 3 else DEFAULT_CLIPS[split]
     if clips < 1:
         raise ValueError(f"--{split}-list {spec!r}: the clip count must be positive")
     train = split == "train"
+    described = {"data": "synthetic", "clips": clips, "seed": SEEDS[split], "frames": frames, "size": size,
+                 "segments": segments, "crops": crops, "train": train}
+    if parts[1] == "track":
+        return Task(SyntheticTracks(clips, frames, size, seed=SEEDS[split]), "track", 0, described)
     data = SyntheticViews(clips, frames, size, seed=SEEDS[split], segments=segments, crops=crops, train=train)
-    return Task(data, parts[1], len(LABELS[parts[1]]), {
-        "data": "synthetic", "clips": clips, "seed": SEEDS[split], "frames": frames, "size": size,
-        "segments": segments, "crops": crops, "train": train})
+    return Task(data, parts[1], len(LABELS[parts[1]]), described)
 
 
 def list_task(spec: str, split: str, *, frames: int, size: int, segments: int, crops: int, root: str, sampling: str,
@@ -170,9 +179,12 @@ def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batc
            pool: bool = False, workers: int = 0) -> Features:
     """Frozen tokens [N, V, S, C] (CPU, float32) of every view of every clip, and the labels. An
     item's video is [V, 3, T, H, W] (or one view, [3, T, H, W]); `pool` keeps only the mean over
-    tokens (S = 1), all a linear probe reads."""
+    tokens (S = 1), all a linear probe reads. Box lists leave an unreadable window out (its
+    objects never seen) where video lists replace a bad video by another."""
     tokens, labels = [], {k: [] for k in label_keys}
-    skips = SkipCounter(max_fraction=1.0)  # logs each unreadable file once; never stops a probe
+    replaced = not isinstance(data, BoxList)
+    # logs each unreadable file once; never stops a probe
+    skips = SkipCounter(max_fraction=1.0, instead="a replacement clip is used" if replaced else "it is left out")
     for items in DataLoader(data, batch_size=batch, num_workers=workers):
         skips.update(items)
         video = items["video"] if items["video"].dim() == 6 else items["video"][:, None]
@@ -182,9 +194,12 @@ def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batc
         for k in label_keys:
             labels[k].append(torch.as_tensor(items[k]))
     if skips.bad:
-        log.warning("%d bad video(s) were replaced by other videos of the list (%s): the probe saw a "
-                    "different set; `python -m ivn_fast.data check LIST` lists them", skips.bad,
-                    ", ".join(f"{k[4:]} {n}" for k, n in skips.summary().items() if k != "bad_samples"))
+        reasons = ", ".join(f"{k[4:]} {n}" for k, n in skips.summary().items() if k != "bad_samples")
+        if replaced:
+            log.warning("%d bad video(s) were replaced by other videos of the list (%s): the probe saw a "
+                        "different set; `python -m ivn_fast.data check LIST` lists them", skips.bad, reasons)
+        else:
+            log.warning("%d window(s) could not be read (%s) and are left out", skips.bad, reasons)
     return torch.cat(tokens), {k: torch.cat(v) for k, v in labels.items()}
 
 
@@ -279,9 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint (step_XXXXXXXX), exported encoder, or released checkpoint file")
     parser.add_argument("--train-list", required=True,
-                        help="training clips: synthetic:LABEL[:CLIPS], or video lists ('path label' per line)")
+                        help="training clips: synthetic:LABEL[:CLIPS] (LABEL shape, direction, speed, or track), "
+                             "video lists ('path label' per line), or a box list (.jsonl) for tracking")
     parser.add_argument("--val-list", required=True,
-                        help="validation clips with the same labels: synthetic:LABEL[:CLIPS], or video lists")
+                        help="validation clips of the same task: synthetic:LABEL[:CLIPS], video lists, or a box list")
     parser.add_argument("--head", default="attentive", choices=PROBE_KINDS,
                         help="attentive (V-JEPA's) or linear on mean-pooled tokens")
     parser.add_argument("--random-init", action="store_true",
@@ -306,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe's initialisation and data order")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
-    parser.add_argument("--plot", type=Path, help="draw the probe curve here (PNG): validation top-1 and "
-                                                  "training loss per epoch")
+    parser.add_argument("--plot", type=Path, help="draw the probe curve here (PNG): validation top-1 (tracking: "
+                                                  "mean IoU) and training loss per epoch; tracking also draws "
+                                                  "validation boxes, true and predicted, in PLOT-boxes.png")
     return parser
 
 
@@ -323,8 +340,92 @@ def load_task(spec: str, split: str, args: argparse.Namespace, frames: int, size
     views = {"segments": args.segments, "crops": args.crops}
     if spec.split(":")[0] == "synthetic":
         return synthetic_task(spec, split, frames=frames, size=size, **views)
+    if spec.endswith(".jsonl"):
+        stat = os.stat(spec)
+        return Task(BoxList(spec, num_frames=frames, size=size, root=args.root), "track", 0, {
+            "data": "boxes", "list": spec, "mtime_ns": stat.st_mtime_ns, "bytes": stat.st_size, "root": args.root,
+            "frames": frames, "size": size})
     return list_task(spec, split, frames=frames, size=size, root=args.root, sampling=args.sampling,
                      stride=args.stride, seed=args.seed, **views)
+
+
+def _check_tracking(args: argparse.Namespace, tasks: dict[str, Task]) -> None:
+    kinds = {split: "track" if t.label == "track" else "label" for split, t in tasks.items()}
+    if kinds["train"] != kinds["val"]:
+        raise ValueError(f"--train-list is a {kinds['train']} task but --val-list a {kinds['val']} task")
+    if kinds["train"] == "track" and (args.segments * args.crops > 1 or args.head != "attentive"):
+        raise ValueError("tracking reads one view per window with its own readout: leave --segments, --crops "
+                         "and --head at their defaults")
+
+
+def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:
+    """Encode both splits, train the classification probe; the record and what to print and draw."""
+    label = tasks["train"].label
+    features, cached = {}, {}
+    for split, task in tasks.items():
+        if args.cache_dir:
+            (tokens, labels), cached[split] = cached_encode(args.cache_dir, task.spec, encoder, task.data, (label,),
+                                                            args.batch, device, workers=args.workers)
+        else:
+            tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=args.head == "linear",
+                                    workers=args.workers)
+        features[split] = (tokens, labels[label])
+    unseen = sorted(set(features["val"][1].tolist()) - set(features["train"][1].tolist()))
+    if unseen:
+        log.warning("validation label(s) %s never occur in the training clips: the probe cannot learn them "
+                    "(do both lists use one label map?)", ", ".join(map(str, unseen)))
+    num_classes = max(t.num_classes for t in tasks.values())
+    result = train_probe(features["train"], features["val"], head=args.head, num_classes=num_classes,
+                         num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
+                         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
+    views_note = f", {args.segments}x{args.crops} views" if args.segments * args.crops > 1 else ""
+    summary = (f"{label} probe ({args.head}{', random encoder' if args.random_init else ''}{views_note}): "
+               f"top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f} (single view {result['view_top1']:.3f}, "
+               f"train top-1 {result['train_top1']:.3f})")
+    if args.plot:
+        save_curves({"validation top-1": {"top-1": result["curve"]}, "training loss": {"cross-entropy":
+                     result["train_loss"]}}, args.plot, f"{label} probe ({args.head}), {_encoder_name(args)}",
+                    chance={"validation top-1": 1 / num_classes})
+    return {"task": label, "classes": num_classes, **result, "cached": cached, "summary": summary}
+
+
+def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:
+    """Encode both splits, train the tracking readout; the record and what to print and draw. With
+    --plot, PLOT-boxes.png shows validation windows with true (green) and predicted (red) boxes."""
+    features = {split: encode(encoder, task.data, TARGET_KEYS, args.batch, device, workers=args.workers)
+                for split, task in tasks.items()}
+    result = train_tracker(features["train"], features["val"], num_heads=args.heads or encoder.cfg.num_heads,
+                           epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
+                           seed=args.seed, device=device)
+    probe = result.pop("probe")
+    summary = (f"tracking probe{' (random encoder)' if args.random_init else ''}: mean IoU {result['miou']:.3f} "
+               f"(first box kept: {result['static_miou']:.3f}; training windows {result['train_miou']:.3f})")
+    if args.plot:
+        save_curves({"validation mean IoU": {"probe": result["curve"]}, "training loss": {"smooth L1 + GIoU":
+                     result["train_loss"]}}, args.plot, f"tracking probe, {_encoder_name(args)}",
+                    chance={"validation mean IoU": result["static_miou"]}, chance_label="first box kept")
+        save_box_grid(probe, features["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-boxes.png"))
+    return {"task": "track", **result, "summary": summary}
+
+
+def save_box_grid(probe: torch.nn.Module, features: Features, data: Dataset, path: Path, clips: int = 4) -> Path:
+    """The first validation windows with the true boxes (green) and the readout's (red)."""
+    from ivn_fast.data.transforms import denormalize
+
+    tokens, targets = features
+    n = min(clips, len(tokens))
+    first, _, _ = later_frames({k: v[:n] for k, v in targets.items()})
+    pred = predict_boxes(probe, tokens[:n, 0], first, n, torch.device("cpu"))
+    pred = torch.cat([first[:, :, None], pred], 2)
+    seen = targets["seen"][:n] & targets["seen"][:n, :, :1]
+    video = torch.stack([draw_boxes(denormalize(data[i]["video"], channel_dim=0),
+                                    {(40, 200, 60): targets["boxes"][i], (230, 40, 40): pred[i]}, seen[i])
+                         for i in range(n)])
+    return save_clip_grid({"true / predicted": video}, path, clips=n)
+
+
+def _encoder_name(args: argparse.Namespace) -> str:
+    return "random encoder" if args.random_init else str(args.checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
         tasks = {split: load_task(spec, split, args, frames, size)
                  for split, spec in (("train", args.train_list), ("val", args.val_list))}
+        _check_tracking(args, tasks)
         if tasks["train"].label != tasks["val"].label:
             raise ValueError(f"--train-list labels {tasks['train'].label!r} but --val-list labels "
                              f"{tasks['val'].label!r}")
@@ -352,41 +454,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ivn_fast.probe: error: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    label = tasks["train"].label
-    features, cached = {}, {}
-    for split, task in tasks.items():
-        if args.cache_dir:
-            (tokens, labels), cached[split] = cached_encode(args.cache_dir, task.spec, encoder, task.data, (label,),
-                                                            args.batch, device, workers=args.workers)
-        else:
-            tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=args.head == "linear",
-                                    workers=args.workers)
-        features[split] = (tokens, labels[label])
-    unseen = sorted(set(features["val"][1].tolist()) - set(features["train"][1].tolist()))
-    if unseen:
-        log.warning("validation label(s) %s never occur in the training clips: the probe cannot learn them "
-                    "(do both lists use one label map?)", ", ".join(map(str, unseen)))
-    num_classes = max(t.num_classes for t in tasks.values())
-    result = train_probe(features["train"], features["val"], head=args.head, num_classes=num_classes,
-                         num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
-                         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
-    record = {"task": label, "classes": num_classes, **result, "seconds": round(time.perf_counter() - start, 1),
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "clips": {split: len(t.data) for split, t in tasks.items()}, "frames": frames, "size": size,
-              "views": {"segments": args.segments, "crops": args.crops}, "data": {s: t.spec for s, t in tasks.items()},
-              "cached": cached}
-    views_note = f", {args.segments}x{args.crops} views" if args.segments * args.crops > 1 else ""
-    print(f"{label} probe ({args.head}{', random encoder' if args.random_init else ''}{views_note}): "
-          f"top-1 {record['top1']:.3f}, top-5 {record['top5']:.3f} (single view {record['view_top1']:.3f}, "
-          f"train top-1 {record['train_top1']:.3f}) in {record['seconds']} s")
+    try:
+        record = (track if tasks["train"].label == "track" else classify)(args, encoder, tasks, device)
+    except ValueError as e:  # a task with nothing to learn from, found once its clips were read
+        print(f"ivn_fast.probe: error: {e}", file=sys.stderr)
+        return 2
+    summary = record.pop("summary")
+    record.update({"seconds": round(time.perf_counter() - start, 1),
+                   "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                   "clips": {split: len(t.data) for split, t in tasks.items()}, "frames": frames, "size": size,
+                   "views": {"segments": args.segments, "crops": args.crops},
+                   "data": {s: t.spec for s, t in tasks.items()}})
+    print(f"{summary} in {record['seconds']} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
-    if args.plot:
-        encoder_name = "random encoder" if args.random_init else str(args.checkpoint)
-        save_curves({"validation top-1": {"top-1": record["curve"]}, "training loss": {"cross-entropy":
-                     record["train_loss"]}}, args.plot, f"{label} probe ({args.head}), {encoder_name}",
-                    chance={"validation top-1": 1 / num_classes})
     return 0
 
 

@@ -56,9 +56,11 @@ _PANEL_W, _PANEL_H, _MARGIN = 420, 260, 48
 _LINE_COLOURS = [(66, 114, 196), (230, 130, 40), (80, 160, 80), (190, 60, 60)]
 
 
-def curves(panels: dict[str, dict[str, list[float]]], title: str, chance: dict[str, float] | None = None) -> Image.Image:
+def curves(panels: dict[str, dict[str, list[float]]], title: str, chance: dict[str, float] | None = None,
+           chance_label: str = "chance") -> Image.Image:
     """Line charts side by side, one per panel (panel -> series -> one value per epoch), each y
-    axis from 0 to its largest value; `chance` draws a dashed line in the panels it names."""
+    axis from 0 to its largest value; `chance` draws a dashed line, named `chance_label`, in the
+    panels it names."""
     font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=11)
     width = len(panels) * (_PANEL_W + _MARGIN) + _MARGIN
     img = Image.new("RGB", (width, _PANEL_H + 2 * _MARGIN + 20), "white")
@@ -85,7 +87,7 @@ def curves(panels: dict[str, dict[str, list[float]]], title: str, chance: dict[s
             y = xy(0, chance[name])[1]
             for x in range(int(left), int(left + _PANEL_W), 10):
                 draw.line([(x, y), (x + 5, y)], fill=(120, 120, 120))
-            draw.text((left + _PANEL_W - 4, y - 3), "chance", fill=(120, 120, 120), font=small, anchor="rb")
+            draw.text((left + _PANEL_W - 4, y - 3), chance_label, fill=(120, 120, 120), font=small, anchor="rb")
         for k, (label, vs) in enumerate(series.items()):
             colour = _LINE_COLOURS[k % len(_LINE_COLOURS)]
             points = [xy(i, v) for i, v in enumerate(vs) if v == v]
@@ -98,9 +100,27 @@ def curves(panels: dict[str, dict[str, list[float]]], title: str, chance: dict[s
 
 
 def save_curves(panels: dict[str, dict[str, list[float]]], path: Path, title: str,
-                chance: dict[str, float] | None = None) -> Path:
+                chance: dict[str, float] | None = None, chance_label: str = "chance") -> Path:
     """`curves`, written atomically as a PNG."""
-    return _save(curves(panels, title, chance), path)
+    return _save(curves(panels, title, chance, chance_label), path)
+
+
+def draw_boxes(video: torch.Tensor, boxes: dict[tuple[int, int, int], torch.Tensor], seen: torch.Tensor) -> torch.Tensor:
+    """video [3, T, H, W] in [0, 1] with rectangles drawn in: colour -> boxes [O, T, 4] (x0, y0, x1,
+    y1 in fractions of the frame), each drawn where seen [O, T]."""
+    _, t, h, w = video.shape
+    frames = (video.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+    out = []
+    for j in range(t):
+        img = Image.fromarray(np.ascontiguousarray(frames[j]))
+        draw = ImageDraw.Draw(img)
+        for colour, b in boxes.items():
+            for o in range(b.shape[0]):
+                if seen[o, j]:
+                    x0, y0, x1, y1 = (b[o, j] * torch.tensor([w, h, w, h])).tolist()
+                    draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1) - 1, max(y0, y1) - 1], outline=colour)
+        out.append(torch.from_numpy(np.array(img)))
+    return torch.stack(out).permute(3, 0, 1, 2).float() / 255
 
 
 def hide_tokens(pixels: torch.Tensor, vis_idx: torch.Tensor, patch: int, grid: tuple[int, int, int],

@@ -122,3 +122,15 @@ def test_synthetic_training_and_probing_need_no_video_decoder():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(8, 3, 8, 112, 112)"
+
+
+def test_log_line_names_terms_and_gpu_memory():
+    from ivn_fast.train.metrics import format_line
+
+    record = {"step": 20, "loss": 1.5, "loss_mid": 0.5, "loss_recon": 1.0, "lr": 1e-3, "grad_norm": 2.0,
+              "clips_per_s": 45.25, "data_wait_frac": 0.031}
+    line = format_line(record, 300)
+    assert line == "step 20/300 | loss 1.5000 (mid 0.5000 recon 1.0000) | lr 1.00e-03 | grad 2.00 | 45.2 clips/s | data 3%"
+    assert format_line({**record, "peak_mem_gb": 41.27}, 300).endswith("| peak 41.3 GB")
+    skipped = format_line({**record, "loss": None, "skipped_steps": 3}, 300)
+    assert "every step of this window skipped" in skipped and skipped.endswith("| skipped 3")

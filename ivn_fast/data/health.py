@@ -55,8 +55,10 @@ class SkipCounter:
     """Bad samples seen by this process, by reason; raises TooManyBadSamples past the threshold."""
 
     def __init__(self, max_fraction: float, min_attempts: int = MIN_ATTEMPTS,
-                 run_total: Callable[[list[int]], list[int]] = lambda counts: counts):
+                 run_total: Callable[[list[int]], list[int]] = lambda counts: counts,
+                 instead: str = "a replacement clip is used"):
         self.max_fraction, self.min_attempts, self.run_total = max_fraction, min_attempts, run_total
+        self.instead = instead  # what happens to a skipped sample, for the log line
         self.attempted = 0
         self.reasons: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()
@@ -77,8 +79,8 @@ class SkipCounter:
                 self.reasons[reason] += 1
                 if (reason, path) not in self._logged:
                     self._logged.add((reason, path))
-                    log.warning("skipped %s (%s%s); a replacement clip is used", path, reason,
-                                f": {detail}" if detail else "")
+                    log.warning("skipped %s (%s%s); %s", path, reason, f": {detail}" if detail else "",
+                                self.instead)
         self.check()
 
     def check(self) -> None:

@@ -77,8 +77,10 @@ def _background(size: int, g: torch.Generator) -> torch.Tensor:
 
 def render_clip(
     *, shape: int, direction: int, speed: int, num_frames: int, size: int, g: torch.Generator
-) -> torch.Tensor:
-    """[3, T, H, W] pixels in [0, 1]; the other properties (colour, size, start, spin) come from g."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[3, T, H, W] pixels in [0, 1], and the shape's box in each frame, [T, 4] (x0, y0, x1, y1 as
+    fractions of the frame, y down: the pixels at least half covered). The other properties
+    (colour, size, start, spin) come from g."""
     r = _RADIUS[0] + (_RADIUS[1] - _RADIUS[0]) * float(torch.rand((), generator=g))
     angle = direction * math.pi / 4
     travel = _TRAVEL[speed]
@@ -105,7 +107,20 @@ def render_clip(
     alpha = torch.sigmoid(-_sdf(SHAPES[shape], lx, ly, r) / (_EDGE / 4))  # [T, H, W]
     shade = (1 + 0.25 * (lx + ly) / r).clamp(0.6, 1.4)
     fg = (colour.view(3, 1, 1, 1) * shade.unsqueeze(0)).clamp(0, 1)
-    return background.unsqueeze(1) * (1 - alpha) + fg * alpha
+    return background.unsqueeze(1) * (1 - alpha) + fg * alpha, _boxes(alpha > 0.5)
+
+
+def _boxes(inside: torch.Tensor) -> torch.Tensor:
+    """Tight boxes [T, 4] of masks [T, H, W], in fractions of the frame (a frame's last pixel ends at 1)."""
+    t, h, w = inside.shape
+    cols, rows = inside.any(1), inside.any(2)  # [T, W], [T, H]
+    ix, iy = torch.arange(w), torch.arange(h)
+    big = max(h, w)
+    x0 = torch.where(cols, ix, big).amin(1) / w
+    x1 = (torch.where(cols, ix, -1).amax(1) + 1) / w
+    y0 = torch.where(rows, iy, big).amin(1) / h
+    y1 = (torch.where(rows, iy, -1).amax(1) + 1) / h
+    return torch.stack([x0, y0, x1, y1], 1).float()
 
 
 class SyntheticVideos(Dataset):
@@ -136,5 +151,5 @@ class SyntheticVideos(Dataset):
             raise IndexError(f"clip {index} outside [0, {self.num_videos})")
         labels = self.labels(index)
         g = torch.Generator().manual_seed((self.seed + 1) * 2_654_435_761 + index)
-        pixels = render_clip(num_frames=self.num_frames, size=self.size, g=g, **labels)
-        return {"video": normalize(pixels, channel_dim=0), "index": index, **labels}
+        pixels, boxes = render_clip(num_frames=self.num_frames, size=self.size, g=g, **labels)
+        return {"video": normalize(pixels, channel_dim=0), "index": index, "box": boxes, **labels}

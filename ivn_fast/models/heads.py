@@ -31,8 +31,9 @@ class AttentionPool(nn.Module):
     """Cross-attention pooling of a token set into one (or a few) vectors.
 
     query="mean" uses the tokens' mean as the query (the released final-feature pooling);
-    query="learned" uses learnable queries (V-JEPA's probe). Keys and values each get their own
-    LayerNorm, and so does a mean query (learned queries are used as they are, as in V-JEPA); the
+    query="learned" uses learnable queries (V-JEPA's probe); query="given" takes them from the
+    caller (a tracking probe's encoded boxes). Keys and values each get their own LayerNorm, and so
+    does a mean query (learned and given queries are used as they are, as in V-JEPA); the
     projections carry biases, the output is projected to out_dim.
     """
 
@@ -40,8 +41,8 @@ class AttentionPool(nn.Module):
         self, dim: int, num_heads: int, out_dim: int | None = None, *, query: str = "mean", num_queries: int = 1
     ):
         super().__init__()
-        if query not in ("mean", "learned"):
-            raise ValueError(f"query must be 'mean' or 'learned', got {query!r}")
+        if query not in ("mean", "learned", "given"):
+            raise ValueError(f"query must be 'mean', 'learned' or 'given', got {query!r}")
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         if query == "mean" and num_queries != 1:
@@ -59,13 +60,21 @@ class AttentionPool(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, out_dim or dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x[B, N, dim] -> [B, out_dim] for one query, [B, Q, out_dim] for several."""
+    def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """x[B, N, dim] -> [B, out_dim] for one query, [B, Q, out_dim] for several; `queries`
+        [B, Q, dim] only with query="given"."""
         b, n, c = x.shape
         h = self.num_heads
-        q_in = x.mean(1, keepdim=True) if self.queries is None else self.queries.expand(b, -1, -1).to(x.dtype)
+        if (queries is not None) != (self.query_kind == "given"):
+            raise ValueError(f"queries are passed exactly when query='given' (this pool's is {self.query_kind!r})")
+        if self.query_kind == "given":
+            q_in = queries.to(x.dtype)
+        elif self.queries is None:
+            q_in = x.mean(1, keepdim=True)
+        else:
+            q_in = self.queries.expand(b, -1, -1).to(x.dtype)
         q = self.q(self.norm_q(q_in)).view(b, q_in.shape[1], h, c // h)
         k = self.k(self.norm_k(x)).view(b, n, h, c // h)
         v = self.v(self.norm_v(x)).view(b, n, h, c // h)
         out = self.proj(attention(q, k, v).reshape(b, q_in.shape[1], c))
-        return out.squeeze(1) if out.shape[1] == 1 else out
+        return out.squeeze(1) if out.shape[1] == 1 and self.query_kind != "given" else out

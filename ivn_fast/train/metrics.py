@@ -58,6 +58,8 @@ def format_line(record: dict, max_steps: int) -> str:
         parts = [step, f"loss {record['loss']:.4f} ({terms})", f"lr {record['lr']:.2e}",
                  f"grad {record['grad_norm']:.2f}"]
     parts += [f"{record['clips_per_s']:.1f} clips/s", f"data {100 * record['data_wait_frac']:.0f}%"]
+    if "peak_mem_gb" in record:
+        parts.append(f"peak {record['peak_mem_gb']:.1f} GB")
     if record.get("skipped_steps"):
         parts.append(f"skipped {record['skipped_steps']}")
     if record.get("bad_samples"):

@@ -254,7 +254,7 @@ class Trainer:
                                 step_time_s=elapsed / len(window), data_wait_frac=wait_window / elapsed,
                                 **self.data.skips.summary())
                     if self.device.type == "cuda":
-                        last["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                        last["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9  # GB, as bench reports
                     self.metrics.write(last)
                     if self.world.is_main:
                         bar.write(format_line(last, cfg.max_steps))

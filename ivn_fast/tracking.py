@@ -1,0 +1,228 @@
+"""The paper's object-tracking probe: given each object's box in the first frame, a readout of the
+frozen tokens predicts its box in every later frame (Smooth L1 + GIoU loss, mean IoU reported).
+
+The paper runs it on Waymo Open windows (16 frames at 5 fps, 1-25 objects). Here it runs on
+`synthetic:track` (the built-in set's shape, whose box the renderer knows in every frame) and on
+box lists, one JSON object per line, one window each:
+
+    {"frames": ["seq1/000.jpg", ..., "seq1/015.jpg"], "boxes": [[[x0, y0, x1, y1] or null, ...], ...]}
+
+`boxes` holds one list per object with one entry per frame, in pixels of the images, null where
+the object is not seen. Frames are cut as the paper's preprocessing does: the centre square of the
+shorter side, resized to the probe's size; boxes follow the cut, are clipped to it, and a box
+under 0.5% of the frame counts as not seen. An object not seen in the first frame is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ivn_fast.data.augment import cut, view_crop
+from ivn_fast.data.health import encode_skips
+from ivn_fast.data.synthetic import SyntheticVideos
+from ivn_fast.models.probe import TrackingProbe
+
+log = logging.getLogger("ivn_fast")
+
+MIN_AREA = 0.005  # boxes under this share of the frame are not seen (the paper's filter)
+L1_WEIGHT, GIOU_WEIGHT = 1.0, 0.5  # the paper's loss weights
+# Smooth L1's switch from squared to absolute error, in fractions of the frame: small enough that
+# boxes a few pixels off still pull, as an L1 loss would (the paper does not give it).
+SMOOTH_L1_BETA = 0.05
+TARGET_KEYS = ("boxes", "seen")
+
+
+def _ordered(b: torch.Tensor) -> torch.Tensor:
+    """Boxes with x0 <= x1 and y0 <= y1, whatever order a regressor put the corners in."""
+    x0, y0, x1, y1 = b.unbind(-1)
+    return torch.stack([torch.minimum(x0, x1), torch.minimum(y0, y1), torch.maximum(x0, x1),
+                        torch.maximum(y0, y1)], -1)
+
+
+def _area(b: torch.Tensor) -> torch.Tensor:
+    return (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise IoU and generalised IoU of boxes [..., 4] (x0, y0, x1, y1)."""
+    a, b = _ordered(a), _ordered(b)
+    inter = _area(torch.cat([torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])], -1))
+    union = _area(a) + _area(b) - inter
+    iou = inter / (union + eps)
+    hull = _area(torch.cat([torch.minimum(a[..., :2], b[..., :2]), torch.maximum(a[..., 2:], b[..., 2:])], -1))
+    return iou, iou - (hull - union) / (hull + eps)
+
+
+def track_loss(pred: torch.Tensor, target: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Smooth L1 (weight 1) + GIoU loss (weight 0.5) averaged over the seen boxes; [..., 4] boxes,
+    [...] seen."""
+    l1 = F.smooth_l1_loss(pred, target, reduction="none", beta=SMOOTH_L1_BETA).sum(-1)
+    giou = box_iou(pred, target)[1]
+    per_box = L1_WEIGHT * l1 + GIOU_WEIGHT * (1 - giou)
+    return (per_box * seen).sum() / seen.sum().clamp(min=1)
+
+
+def later_frames(targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First-frame boxes [N, O, 4], the boxes to predict [N, O, T-1, 4], and which of them count
+    [N, O, T-1]: seen in that frame, of an object seen in the first."""
+    boxes, seen = targets["boxes"], targets["seen"]
+    return boxes[:, :, 0], boxes[:, :, 1:], seen[:, :, 1:] & seen[:, :, :1]
+
+
+@torch.no_grad()
+def predict_boxes(probe: TrackingProbe, tokens: torch.Tensor, first: torch.Tensor, batch: int,
+                  device: torch.device) -> torch.Tensor:
+    """Boxes [N, O, T-1, 4] for tokens [N, S, C] and first-frame boxes [N, O, 4]."""
+    probe.eval()
+    return torch.cat([probe(tokens[i:i + batch].to(device), first[i:i + batch].to(device)).float().cpu()
+                      for i in range(0, len(tokens), batch)])
+
+
+def mean_iou(pred: torch.Tensor, target: torch.Tensor, seen: torch.Tensor) -> float:
+    """IoU averaged over every seen (object, frame) pair, as the paper reports it."""
+    return ((box_iou(pred, target)[0] * seen).sum() / seen.sum().clamp(min=1)).item()
+
+
+def train_tracker(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tuple[torch.Tensor, dict[str, torch.Tensor]],
+                  *, num_heads: int, epochs: int, batch: int, lr: float, weight_decay: float, seed: int,
+                  device: torch.device) -> dict:
+    """Train the tracking probe on kept tokens [N, 1, S, C] and box targets (TARGET_KEYS); the
+    per-epoch validation mean IoU is the probe curve. `static_miou` is the IoU of keeping the
+    first box in every frame, which the probe starts from."""
+    torch.manual_seed(seed)
+    x_train, x_val = train[0][:, 0], val[0][:, 0]
+    first, target, seen = later_frames(train[1])
+    val_first, val_target, val_seen = later_frames(val[1])
+    for name, s in (("training", seen), ("validation", val_seen)):
+        if not s.any():
+            raise ValueError(f"no {name} window has an object seen in its first frame and a later one")
+    probe = TrackingProbe(x_train.shape[-1], target.shape[2] + 1, num_heads).to(device)
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(x_train) / batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    g = torch.Generator().manual_seed(seed)
+    curve, losses = [], []
+    for _ in range(epochs):
+        probe.train()
+        total = torch.zeros((), device=device)
+        for idx in torch.randperm(len(x_train), generator=g).split(batch):
+            pred = probe(x_train[idx].to(device), first[idx].to(device))
+            loss = track_loss(pred.float(), target[idx].to(device), seen[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach() * len(idx)
+        losses.append(total.item() / len(x_train))
+        curve.append(mean_iou(predict_boxes(probe, x_val, val_first, batch, device), val_target, val_seen))
+    static = val_first[:, :, None].expand_as(val_target)
+    return {"miou": curve[-1], "curve": curve, "train_loss": losses,
+            "train_miou": mean_iou(predict_boxes(probe, x_train, first, batch, device), target, seen),
+            "static_miou": mean_iou(static, val_target, val_seen), "probe": probe.cpu()}
+
+
+class SyntheticTracks(Dataset):
+    """The built-in set's clips with the shape's box in every frame: one object per clip."""
+
+    def __init__(self, num_videos: int, num_frames: int, size: int, *, seed: int):
+        self.clips = SyntheticVideos(num_videos, num_frames, size, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self.clips[index]
+        boxes = item["box"][None]
+        return {"video": item["video"], "boxes": boxes, "seen": _area(boxes) >= MIN_AREA}
+
+
+class BoxList(Dataset):
+    """Windows of a box list (see the module docstring), cut to `size` pixels; every item has the
+    list's largest object count, the missing ones never seen. A window whose images cannot be read
+    is left out of training and scoring (never seen) and named in `skipped`."""
+
+    def __init__(self, path: str, *, num_frames: int, size: int, root: str = ""):
+        self.size, self.path = size, path
+        self.windows = [self._parse(line, n, root, num_frames)
+                        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1)
+                        if line.strip()]
+        if not self.windows:
+            raise ValueError(f"{path}: no windows")
+        self.num_frames = num_frames
+        self.max_objects = max(len(boxes) for _, boxes in self.windows)
+
+    def _parse(self, line: str, number: int, root: str, num_frames: int) -> tuple[list[str], np.ndarray]:
+        where = f"{self.path}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not JSON ({e})") from None
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: a window is a JSON object with 'frames' and 'boxes'")
+        frames, objects = entry.get("frames"), entry.get("boxes")
+        if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+            raise ValueError(f"{where}: 'frames' must be a list of image paths")
+        if len(frames) != num_frames:
+            raise ValueError(f"{where}: {len(frames)} frames, the probe reads windows of {num_frames} (--frames)")
+        if not isinstance(objects, list) or not objects:
+            raise ValueError(f"{where}: 'boxes' must list at least one object")
+        boxes = np.full((len(objects), num_frames, 4), np.nan)
+        for o, track in enumerate(objects):
+            if not isinstance(track, list) or len(track) != num_frames:
+                raise ValueError(f"{where}: object {o} needs one box (or null) per frame, {num_frames} in all")
+            for t, box in enumerate(track):
+                if box is None:
+                    continue
+                if (not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box)
+                        or not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]):
+                    raise ValueError(f"{where}: object {o}, frame {t}: a box is [x0, y0, x1, y1] with x1 > x0 "
+                                     f"and y1 > y0, got {box!r}")
+                boxes[o, t] = box
+        return [os.path.join(root, f) for f in frames], boxes
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        paths, pixel_boxes = self.windows[index]
+        boxes = torch.zeros(self.max_objects, self.num_frames, 4)
+        seen = torch.zeros(self.max_objects, self.num_frames, dtype=torch.bool)
+        try:
+            frames = self._read(paths)
+        except OSError as e:
+            return {"video": torch.zeros(3, self.num_frames, self.size, self.size), "boxes": boxes, "seen": seen,
+                    "skipped": encode_skips([("unreadable", paths[0], str(e))])}
+        h, w = frames.shape[1:3]
+        crop = view_crop(h, w)
+        scaled = torch.from_numpy(pixel_boxes).float()
+        scaled = (scaled - torch.tensor([crop.left, crop.top] * 2)) / crop.width
+        scaled = scaled.clamp(0, 1)
+        ok = ~scaled.isnan().any(-1) & (_area(scaled) >= MIN_AREA)
+        ok &= ok[:, :1].clone()  # an object not seen in the first frame has nothing to track from
+        n = len(pixel_boxes)
+        boxes[:n] = torch.where(ok[..., None], scaled, 0.0)
+        seen[:n] = ok
+        return {"video": cut(torch.from_numpy(frames), crop, self.size), "boxes": boxes, "seen": seen,
+                "skipped": encode_skips([])}
+
+    @staticmethod
+    def _read(paths: list[str]) -> np.ndarray:
+        """[T, H, W, 3] uint8; a frame of another size is resized to the first's."""
+        images = []
+        for p in paths:
+            with Image.open(p) as im:
+                image = im.convert("RGB")
+            if images and image.size != images[0].size:
+                image = image.resize(images[0].size, Image.BILINEAR)
+            images.append(image)
+        return np.stack([np.asarray(im) for im in images])
