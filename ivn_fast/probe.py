@@ -32,10 +32,14 @@ cuts off.
 `--head linear` reads mean-pooled tokens; `--cache-dir DIR` keeps those on disk, keyed by the
 encoder's weights and the data, so later probes of the same encoder skip the encoder.
 
-Object tracking (the paper's Waymo probe; `ivn_fast.tracking`): `synthetic:track[:CLIPS]`, or box
-lists (`.jsonl`, one window of frames and boxes per line). Given each object's first-frame box, a
-readout predicts its box in every later frame; the result is the mean IoU, beside the IoU of
-keeping the first box (`static_miou`), which the readout starts from.
+Dense tasks, one view per window, each with its own readout:
+- object tracking (the paper's Waymo probe; `ivn_fast.tracking`): `synthetic:track[:CLIPS]`, or box
+  lists (`.jsonl`, one window of frames and boxes per line). Given each object's first-frame box,
+  a readout predicts its box in every later frame; the result is the mean IoU, beside the IoU of
+  keeping the first box (`static_miou`), which the readout starts from.
+- depth (the paper's ScanNet / KITTI probe; `ivn_fast.depth`): `synthetic:depth[:CLIPS]`, or depth
+  lists (`.jsonl`, frames and depth maps per line). One query per output patch; AbsRel and delta1,
+  beside those of the training windows' mean depth map (`mean_absrel`, `mean_delta1`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -62,10 +65,14 @@ from ivn_fast.data.dataset import VideoClips
 from ivn_fast.data.health import SkipCounter, encode_skips
 from ivn_fast.data.lists import ListError, load_lists, parse_spec
 from ivn_fast.data.synthetic import LABELS, SyntheticVideos
+from ivn_fast.fit import fit
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
-from ivn_fast.tracking import TARGET_KEYS, BoxList, SyntheticTracks, later_frames, predict_boxes, train_tracker
+from ivn_fast.depth import TARGET_KEYS as DEPTH_KEYS
+from ivn_fast.depth import DepthList, SyntheticDepth, predict_depth, train_depth
+from ivn_fast.tracking import TARGET_KEYS as TRACK_KEYS
+from ivn_fast.tracking import BoxList, SyntheticTracks, later_frames, predict_boxes, train_tracker
 from ivn_fast.viz import draw_boxes, save_clip_grid, save_curves
 
 log = logging.getLogger("ivn_fast")
@@ -77,6 +84,8 @@ LR, WEIGHT_DECAY, BATCH, EPOCHS = 1e-3, 0.05, 32, 20
 CROP_CANVAS = 1.25  # rendered frame side / view side when a clip is cut into several crops
 
 Features = tuple[torch.Tensor, dict[str, torch.Tensor]]  # tokens [N, V, S, C], labels per key [N]
+# the dense tasks: their synthetic clips and their lists (.jsonl, told apart by the key of their targets)
+DENSE = {"track": (SyntheticTracks, BoxList, "boxes"), "depth": (SyntheticDepth, DepthList, "depths")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,19 +100,19 @@ class Task:
 
 def synthetic_task(spec: str, split: str, *, frames: int, size: int, segments: int, crops: int) -> Task:
     """'synthetic:LABEL[:CLIPS]' on the built-in set (train and validation from different seeds);
-    LABEL 'track' is the tracking task on the same clips."""
+    LABEL 'track' or 'depth' is the tracking or depth task on the same clips."""
     parts = spec.split(":")
-    if parts[0] != "synthetic" or len(parts) not in (2, 3) or parts[1] not in (*LABELS, "track"):
+    if parts[0] != "synthetic" or len(parts) not in (2, 3) or parts[1] not in (*LABELS, *DENSE):
         raise ValueError(f"--{split}-list {spec!r}: expected synthetic:LABEL[:CLIPS] with LABEL one of "
-                         f"{', '.join(LABELS)}, track")
+                         f"{', '.join((*LABELS, *DENSE))}")
     clips = int(parts[2]) if len(parts) == 3 else DEFAULT_CLIPS[split]
     if clips < 1:
         raise ValueError(f"--{split}-list {spec!r}: the clip count must be positive")
     train = split == "train"
     described = {"data": "synthetic", "clips": clips, "seed": SEEDS[split], "frames": frames, "size": size,
                  "segments": segments, "crops": crops, "train": train}
-    if parts[1] == "track":
-        return Task(SyntheticTracks(clips, frames, size, seed=SEEDS[split]), "track", 0, described)
+    if parts[1] in DENSE:
+        return Task(DENSE[parts[1]][0](clips, frames, size, seed=SEEDS[split]), parts[1], 0, described)
     data = SyntheticViews(clips, frames, size, seed=SEEDS[split], segments=segments, crops=crops, train=train)
     return Task(data, parts[1], len(LABELS[parts[1]]), described)
 
@@ -182,7 +191,7 @@ def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batc
     tokens (S = 1), all a linear probe reads. Box lists leave an unreadable window out (its
     objects never seen) where video lists replace a bad video by another."""
     tokens, labels = [], {k: [] for k in label_keys}
-    replaced = not isinstance(data, BoxList)
+    replaced = not isinstance(data, (BoxList, DepthList))
     # logs each unreadable file once; never stops a probe
     skips = SkipCounter(max_fraction=1.0, instead="a replacement clip is used" if replaced else "it is left out")
     for items in DataLoader(data, batch_size=batch, num_workers=workers):
@@ -264,27 +273,12 @@ def train_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tenso
     torch.manual_seed(seed)
     x_train, y_train = train
     views = x_train.shape[1]
-    x_flat, y_flat = x_train.flatten(0, 1), y_train.repeat_interleave(views)
     probe = build_probe(head, x_train.shape[-1], num_classes, num_heads).to(device)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(x_flat) / batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    g = torch.Generator().manual_seed(seed)
-    curve, losses, scores = [], [], {}
-    for _ in range(epochs):
-        probe.train()
-        total = torch.zeros((), device=device)
-        for idx in torch.randperm(len(x_flat), generator=g).split(batch):
-            loss = F.cross_entropy(probe(x_flat[idx].to(device)), y_flat[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach() * len(idx)
-        losses.append(total.item() / len(x_flat))
-        scores = evaluate(probe, val, batch, device)
-        curve.append(scores["top1"])
-    return {"curve": curve, "train_loss": losses, **scores,
+    curve, losses = fit(probe, (x_train.flatten(0, 1), y_train.repeat_interleave(views)),
+                        lambda p, x, y: F.cross_entropy(p(x), y),
+                        lambda p: evaluate(p, val, batch, device)["top1"],
+                        epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay, seed=seed, device=device)
+    return {"curve": curve, "train_loss": losses, **evaluate(probe, val, batch, device),
             "train_top1": evaluate(probe, train, batch, device)["top1"]}
 
 
@@ -294,10 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint (step_XXXXXXXX), exported encoder, or released checkpoint file")
     parser.add_argument("--train-list", required=True,
-                        help="training clips: synthetic:LABEL[:CLIPS] (LABEL shape, direction, speed, or track), "
-                             "video lists ('path label' per line), or a box list (.jsonl) for tracking")
+                        help="training clips: synthetic:LABEL[:CLIPS] (LABEL shape, direction, speed, track or "
+                             "depth), video lists ('path label' per line), or a box or depth list (.jsonl)")
     parser.add_argument("--val-list", required=True,
-                        help="validation clips of the same task: synthetic:LABEL[:CLIPS], video lists, or a box list")
+                        help="validation clips of the same task: synthetic:LABEL[:CLIPS], video lists, or a box or "
+                             "depth list")
     parser.add_argument("--head", default="attentive", choices=PROBE_KINDS,
                         help="attentive (V-JEPA's) or linear on mean-pooled tokens")
     parser.add_argument("--random-init", action="store_true",
@@ -323,8 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
     parser.add_argument("--plot", type=Path, help="draw the probe curve here (PNG): validation top-1 (tracking: "
-                                                  "mean IoU) and training loss per epoch; tracking also draws "
-                                                  "validation boxes, true and predicted, in PLOT-boxes.png")
+                                                  "mean IoU; depth: AbsRel and delta1) and training loss per "
+                                                  "epoch; tracking also draws validation boxes, true and "
+                                                  "predicted, in PLOT-boxes.png, depth the true and predicted "
+                                                  "maps in PLOT-depth.png")
     return parser
 
 
@@ -341,21 +338,35 @@ def load_task(spec: str, split: str, args: argparse.Namespace, frames: int, size
     if spec.split(":")[0] == "synthetic":
         return synthetic_task(spec, split, frames=frames, size=size, **views)
     if spec.endswith(".jsonl"):
-        stat = os.stat(spec)
-        return Task(BoxList(spec, num_frames=frames, size=size, root=args.root), "track", 0, {
-            "data": "boxes", "list": spec, "mtime_ns": stat.st_mtime_ns, "bytes": stat.st_size, "root": args.root,
-            "frames": frames, "size": size})
+        return window_task(spec, split, frames=frames, size=size, root=args.root)
     return list_task(spec, split, frames=frames, size=size, root=args.root, sampling=args.sampling,
                      stride=args.stride, seed=args.seed, **views)
 
 
-def _check_tracking(args: argparse.Namespace, tasks: dict[str, Task]) -> None:
-    kinds = {split: "track" if t.label == "track" else "label" for split, t in tasks.items()}
+def window_task(spec: str, split: str, *, frames: int, size: int, root: str) -> Task:
+    """A box list or a depth list, by the key of its first window's targets."""
+    try:
+        with open(spec, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        keys = json.loads(first).keys()
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"--{split}-list {spec}: not a box or depth list ({e})") from None
+    kind = next((k for k, (_, _, key) in DENSE.items() if key in keys), None)
+    if kind is None:
+        raise ValueError(f"--{split}-list {spec}: a window needs 'boxes' (tracking) or 'depths' (depth)")
+    stat = os.stat(spec)
+    return Task(DENSE[kind][1](spec, num_frames=frames, size=size, root=root), kind, 0, {
+        "data": DENSE[kind][2], "list": spec, "mtime_ns": stat.st_mtime_ns, "bytes": stat.st_size, "root": root,
+        "frames": frames, "size": size})
+
+
+def _check_dense(args: argparse.Namespace, tasks: dict[str, Task]) -> None:
+    kinds = {split: t.label if t.label in DENSE else "label" for split, t in tasks.items()}
     if kinds["train"] != kinds["val"]:
         raise ValueError(f"--train-list is a {kinds['train']} task but --val-list a {kinds['val']} task")
-    if kinds["train"] == "track" and (args.segments * args.crops > 1 or args.head != "attentive"):
-        raise ValueError("tracking reads one view per window with its own readout: leave --segments, --crops "
-                         "and --head at their defaults")
+    if kinds["train"] in DENSE and (args.segments * args.crops > 1 or args.head != "attentive"):
+        raise ValueError(f"the {kinds['train']} probe reads one view per window with its own readout: leave "
+                         "--segments, --crops and --head at their defaults")
 
 
 def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:
@@ -392,7 +403,7 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
 def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:
     """Encode both splits, train the tracking readout; the record and what to print and draw. With
     --plot, PLOT-boxes.png shows validation windows with true (green) and predicted (red) boxes."""
-    features = {split: encode(encoder, task.data, TARGET_KEYS, args.batch, device, workers=args.workers)
+    features = {split: encode(encoder, task.data, TRACK_KEYS, args.batch, device, workers=args.workers)
                 for split, task in tasks.items()}
     result = train_tracker(features["train"], features["val"], num_heads=args.heads or encoder.cfg.num_heads,
                            epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
@@ -406,6 +417,52 @@ def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
                     chance={"validation mean IoU": result["static_miou"]}, chance_label="first box kept")
         save_box_grid(probe, features["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-boxes.png"))
     return {"task": "track", **result, "summary": summary}
+
+
+def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:
+    """Encode both splits, train the depth readout; the record and what to print and draw. With
+    --plot, PLOT-depth.png shows validation windows' frames, true and predicted depth."""
+    features = {split: encode(encoder, task.data, DEPTH_KEYS, args.batch, device, workers=args.workers)
+                for split, task in tasks.items()}
+    patch = encoder.cfg.patch_size
+    frames, size = tasks["train"].spec["frames"], tasks["train"].spec["size"]
+    result = train_depth(features["train"], features["val"], grid=(frames, size // patch, size // patch), patch=patch,
+                         num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
+                         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
+    probe = result.pop("probe")
+    summary = (f"depth probe{' (random encoder)' if args.random_init else ''}: AbsRel {result['absrel']:.3f}, "
+               f"delta1 {result['delta1']:.3f} (training mean depth map: AbsRel {result['mean_absrel']:.3f}, "
+               f"delta1 {result['mean_delta1']:.3f}; training windows AbsRel {result['train_absrel']:.3f})")
+    if args.plot:
+        save_curves({"validation AbsRel": {"probe": result["curve"]}, "validation delta1": {"probe":
+                     result["delta1_curve"]}, "training loss": {"L1 (m)": result["train_loss"]}}, args.plot,
+                    f"depth probe, {_encoder_name(args)}", chance={"validation AbsRel": result["mean_absrel"],
+                                                                   "validation delta1": result["mean_delta1"]},
+                    chance_label="mean depth map")
+        save_depth_grid(probe, features["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-depth.png"))
+    return {"task": "depth", **result, "summary": summary}
+
+
+def save_depth_grid(probe: torch.nn.Module, features: Features, data: Dataset, path: Path, clips: int = 4) -> Path:
+    """The first validation windows: frames, true depth, predicted depth (near bright, far dark, on the
+    true depth's scale; unscored pixels black)."""
+    from ivn_fast.data.transforms import denormalize
+
+    tokens, targets = features
+    n = min(clips, len(tokens))
+    pred = predict_depth(probe, tokens[:n, 0], n, torch.device("cpu"))
+    true, valid = targets["depth"][:n], targets["valid"][:n]
+
+    def shade(d: torch.Tensor, i: int) -> torch.Tensor:
+        scored = true[i][valid[i]]
+        lo, hi = (scored.min(), scored.max()) if len(scored) else (0.0, 1.0)
+        near = ((hi - d) / (hi - lo).clamp(min=1e-6)).clamp(0, 1) * valid[i]
+        return near[None].expand(3, -1, -1, -1)
+
+    rows = {"frames": torch.stack([denormalize(data[i]["video"], channel_dim=0) for i in range(n)]),
+            "true depth": torch.stack([shade(true[i], i) for i in range(n)]),
+            "predicted depth": torch.stack([shade(pred[i], i) for i in range(n)])}
+    return save_clip_grid(rows, path, clips=n)
 
 
 def save_box_grid(probe: torch.nn.Module, features: Features, data: Dataset, path: Path, clips: int = 4) -> Path:
@@ -446,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
         tasks = {split: load_task(spec, split, args, frames, size)
                  for split, spec in (("train", args.train_list), ("val", args.val_list))}
-        _check_tracking(args, tasks)
+        _check_dense(args, tasks)
         if tasks["train"].label != tasks["val"].label:
             raise ValueError(f"--train-list labels {tasks['train'].label!r} but --val-list labels "
                              f"{tasks['val'].label!r}")
@@ -455,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     try:
-        record = (track if tasks["train"].label == "track" else classify)(args, encoder, tasks, device)
+        run = {"track": track, "depth": depth}.get(tasks["train"].label, classify)
+        record = run(args, encoder, tasks, device)
     except ValueError as e:  # a task with nothing to learn from, found once its clips were read
         print(f"ivn_fast.probe: error: {e}", file=sys.stderr)
         return 2

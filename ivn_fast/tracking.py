@@ -15,24 +15,20 @@ under 0.5% of the frame counts as not seen. An object not seen in the first fram
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.synthetic import SyntheticVideos
+from ivn_fast.data.transforms import normalize
+from ivn_fast.data.windows import read_images, read_lines
+from ivn_fast.fit import fit
 from ivn_fast.models.probe import TrackingProbe
-
-log = logging.getLogger("ivn_fast")
 
 MIN_AREA = 0.005  # boxes under this share of the frame are not seen (the paper's filter)
 L1_WEIGHT, GIOU_WEIGHT = 1.0, 0.5  # the paper's loss weights
@@ -107,24 +103,10 @@ def train_tracker(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tupl
         if not s.any():
             raise ValueError(f"no {name} window has an object seen in its first frame and a later one")
     probe = TrackingProbe(x_train.shape[-1], target.shape[2] + 1, num_heads).to(device)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(x_train) / batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    g = torch.Generator().manual_seed(seed)
-    curve, losses = [], []
-    for _ in range(epochs):
-        probe.train()
-        total = torch.zeros((), device=device)
-        for idx in torch.randperm(len(x_train), generator=g).split(batch):
-            pred = probe(x_train[idx].to(device), first[idx].to(device))
-            loss = track_loss(pred.float(), target[idx].to(device), seen[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach() * len(idx)
-        losses.append(total.item() / len(x_train))
-        curve.append(mean_iou(predict_boxes(probe, x_val, val_first, batch, device), val_target, val_seen))
+    curve, losses = fit(probe, (x_train, first, target, seen),
+                        lambda p, x, f, t, m: track_loss(p(x, f).float(), t, m),
+                        lambda p: mean_iou(predict_boxes(p, x_val, val_first, batch, device), val_target, val_seen),
+                        epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay, seed=seed, device=device)
     static = val_first[:, :, None].expand_as(val_target)
     return {"miou": curve[-1], "curve": curve, "train_loss": losses,
             "train_miou": mean_iou(predict_boxes(probe, x_train, first, batch, device), target, seen),
@@ -141,9 +123,9 @@ class SyntheticTracks(Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = self.clips[index]
-        boxes = item["box"][None]
-        return {"video": item["video"], "boxes": boxes, "seen": _area(boxes) >= MIN_AREA}
+        clip = self.clips.render(index)[1]
+        boxes = clip.boxes[None]
+        return {"video": normalize(clip.pixels, channel_dim=0), "boxes": boxes, "seen": _area(boxes) >= MIN_AREA}
 
 
 class BoxList(Dataset):
@@ -152,28 +134,15 @@ class BoxList(Dataset):
     is left out of training and scoring (never seen) and named in `skipped`."""
 
     def __init__(self, path: str, *, num_frames: int, size: int, root: str = ""):
-        self.size, self.path = size, path
-        self.windows = [self._parse(line, n, root, num_frames)
-                        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1)
-                        if line.strip()]
-        if not self.windows:
-            raise ValueError(f"{path}: no windows")
-        self.num_frames = num_frames
+        self.size, self.num_frames = size, num_frames
+        self.windows = [(frames, self._boxes(where, entry, num_frames))
+                        for where, entry, frames in read_lines(path, num_frames, root)]
         self.max_objects = max(len(boxes) for _, boxes in self.windows)
 
-    def _parse(self, line: str, number: int, root: str, num_frames: int) -> tuple[list[str], np.ndarray]:
-        where = f"{self.path}:{number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not JSON ({e})") from None
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: a window is a JSON object with 'frames' and 'boxes'")
-        frames, objects = entry.get("frames"), entry.get("boxes")
-        if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
-            raise ValueError(f"{where}: 'frames' must be a list of image paths")
-        if len(frames) != num_frames:
-            raise ValueError(f"{where}: {len(frames)} frames, the probe reads windows of {num_frames} (--frames)")
+    @staticmethod
+    def _boxes(where: str, entry: dict, num_frames: int) -> np.ndarray:
+        """[O, T, 4] pixel boxes, NaN where null."""
+        objects = entry.get("boxes")
         if not isinstance(objects, list) or not objects:
             raise ValueError(f"{where}: 'boxes' must list at least one object")
         boxes = np.full((len(objects), num_frames, 4), np.nan)
@@ -188,7 +157,7 @@ class BoxList(Dataset):
                     raise ValueError(f"{where}: object {o}, frame {t}: a box is [x0, y0, x1, y1] with x1 > x0 "
                                      f"and y1 > y0, got {box!r}")
                 boxes[o, t] = box
-        return [os.path.join(root, f) for f in frames], boxes
+        return boxes
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -198,7 +167,7 @@ class BoxList(Dataset):
         boxes = torch.zeros(self.max_objects, self.num_frames, 4)
         seen = torch.zeros(self.max_objects, self.num_frames, dtype=torch.bool)
         try:
-            frames = self._read(paths)
+            frames = read_images(paths)
         except OSError as e:
             return {"video": torch.zeros(3, self.num_frames, self.size, self.size), "boxes": boxes, "seen": seen,
                     "skipped": encode_skips([("unreadable", paths[0], str(e))])}
@@ -214,15 +183,3 @@ class BoxList(Dataset):
         seen[:n] = ok
         return {"video": cut(torch.from_numpy(frames), crop, self.size), "boxes": boxes, "seen": seen,
                 "skipped": encode_skips([])}
-
-    @staticmethod
-    def _read(paths: list[str]) -> np.ndarray:
-        """[T, H, W, 3] uint8; a frame of another size is resized to the first's."""
-        images = []
-        for p in paths:
-            with Image.open(p) as im:
-                image = im.convert("RGB")
-            if images and image.size != images[0].size:
-                image = image.resize(images[0].size, Image.BILINEAR)
-            images.append(image)
-        return np.stack([np.asarray(im) for im in images])

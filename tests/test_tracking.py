@@ -72,9 +72,8 @@ def test_readout_learns_motion_from_the_tokens():
 
 
 def test_synthetic_boxes_enclose_the_shape():
-    item = SyntheticVideos(6, 5, 64, seed=3)[4]
-    boxes = item["box"]
-    pixels = denormalize(item["video"], channel_dim=0)
+    clip = SyntheticVideos(6, 5, 64, seed=3).render(4)[1]
+    boxes, pixels = clip.boxes, clip.pixels
     assert boxes.shape == (5, 4) and (boxes[:, 2:] > boxes[:, :2]).all()
     assert ((boxes >= 0) & (boxes <= 1)).all()
     # the box moves with the shape: its centre changes by the same step each frame (straight, uniform motion)
@@ -87,6 +86,7 @@ def test_synthetic_boxes_enclose_the_shape():
     assert inside.numel() > 0 and (inside - pixels[:, 0].mean((1, 2), keepdim=True)).abs().max() > 0.2
     tracks = SyntheticTracks(6, 5, 64, seed=3)[4]
     assert torch.equal(tracks["boxes"][0], boxes) and tracks["seen"].all()
+    torch.testing.assert_close(denormalize(tracks["video"], channel_dim=0), pixels)
 
 
 def _write_window(tmp_path, name: str, frames: int, size=(80, 60)) -> list[str]:

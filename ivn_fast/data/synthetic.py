@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset
@@ -30,6 +31,16 @@ _PALETTE = torch.tensor([
     (0.85, 0.20, 0.85), (0.10, 0.80, 0.85), (0.95, 0.50, 0.05), (0.97, 0.97, 0.97),
 ])
 _EDGE = 0.01  # anti-aliasing width of the shape's edge, fraction of the frame side
+# Depth, in metres: every shape has one physical size, so one at radius r (a fraction of the frame)
+# stands _SIZE_AT_1M / r away (1.7-2.5 m); the backdrop rises from 3 m at the bottom to 5 m at the top.
+_SIZE_AT_1M = 0.3
+_BACKDROP = (3.0, 5.0)
+
+
+class Rendered(NamedTuple):
+    pixels: torch.Tensor  # [3, T, H, W] in [0, 1]
+    boxes: torch.Tensor  # [T, 4]: the shape's box per frame, (x0, y0, x1, y1) as fractions of the frame, y down
+    depth: torch.Tensor  # [T, H, W] metres
 
 
 def _sdf(shape: str, x: torch.Tensor, y: torch.Tensor, r: float) -> torch.Tensor:
@@ -77,10 +88,9 @@ def _background(size: int, g: torch.Generator) -> torch.Tensor:
 
 def render_clip(
     *, shape: int, direction: int, speed: int, num_frames: int, size: int, g: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[3, T, H, W] pixels in [0, 1], and the shape's box in each frame, [T, 4] (x0, y0, x1, y1 as
-    fractions of the frame, y down: the pixels at least half covered). The other properties
-    (colour, size, start, spin) come from g."""
+) -> Rendered:
+    """Pixels, the shape's box (the pixels it covers at least half) and depth in every frame; the
+    other properties (colour, size, start, spin) come from g."""
     r = _RADIUS[0] + (_RADIUS[1] - _RADIUS[0]) * float(torch.rand((), generator=g))
     angle = direction * math.pi / 4
     travel = _TRAVEL[speed]
@@ -107,7 +117,9 @@ def render_clip(
     alpha = torch.sigmoid(-_sdf(SHAPES[shape], lx, ly, r) / (_EDGE / 4))  # [T, H, W]
     shade = (1 + 0.25 * (lx + ly) / r).clamp(0.6, 1.4)
     fg = (colour.view(3, 1, 1, 1) * shade.unsqueeze(0)).clamp(0, 1)
-    return background.unsqueeze(1) * (1 - alpha) + fg * alpha, _boxes(alpha > 0.5)
+    backdrop = _BACKDROP[0] + (_BACKDROP[1] - _BACKDROP[0]) * yy
+    depth = backdrop * (1 - alpha) + (_SIZE_AT_1M / r) * alpha
+    return Rendered(background.unsqueeze(1) * (1 - alpha) + fg * alpha, _boxes(alpha > 0.5), depth)
 
 
 def _boxes(inside: torch.Tensor) -> torch.Tensor:
@@ -146,10 +158,14 @@ class SyntheticVideos(Dataset):
         speed, direction = divmod(code, len(DIRECTIONS))
         return {"shape": shape, "direction": direction, "speed": speed}
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def render(self, index: int) -> tuple[dict[str, int], Rendered]:
+        """Clip `index`'s labels and everything the renderer knows of it (boxes and depth too)."""
         if not 0 <= index < self.num_videos:
             raise IndexError(f"clip {index} outside [0, {self.num_videos})")
         labels = self.labels(index)
         g = torch.Generator().manual_seed((self.seed + 1) * 2_654_435_761 + index)
-        pixels, boxes = render_clip(num_frames=self.num_frames, size=self.size, g=g, **labels)
-        return {"video": normalize(pixels, channel_dim=0), "index": index, "box": boxes, **labels}
+        return labels, render_clip(num_frames=self.num_frames, size=self.size, g=g, **labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        labels, clip = self.render(index)
+        return {"video": normalize(clip.pixels, channel_dim=0), "index": index, **labels}

@@ -1,5 +1,5 @@
 """Probe heads on frozen encoder tokens: V-JEPA's attentive probe, a linear probe, and the
-box-tracking readout."""
+readouts of the tracking and depth probes."""
 
 from __future__ import annotations
 
@@ -10,23 +10,26 @@ from torch import nn
 
 from ivn_fast.models.heads import AttentionPool
 from ivn_fast.models.layers import Mlp
+from ivn_fast.models.patches import unpatchify
 
 PROBE_KINDS = ("attentive", "linear")
 
 
 class AttentiveProbe(nn.Module):
     """One learnable query cross-attends to the tokens (LayerNorm on keys and values), a residual
-    on the query, a 4x MLP block, then a linear classifier."""
+    on the query, a 4x MLP block, then a linear classifier: [B, S, C] -> [B, num_classes]. With
+    several queries (a dense probe's one per output patch) each gives its own outputs: [B, Q, num_classes]."""
 
-    def __init__(self, dim: int, num_classes: int, num_heads: int):
+    def __init__(self, dim: int, num_classes: int, num_heads: int, num_queries: int = 1):
         super().__init__()
-        self.pool = AttentionPool(dim, num_heads, query="learned")
+        self.pool = AttentionPool(dim, num_heads, query="learned", num_queries=num_queries)
         self.norm = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, 4 * dim)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.pool.queries[:, 0].to(tokens.dtype) + self.pool(tokens)
+        queries = self.pool.queries if self.pool.queries.shape[1] > 1 else self.pool.queries[:, 0]
+        x = queries.to(tokens.dtype) + self.pool(tokens)
         x = x + self.mlp(self.norm(x))
         return self.head(x)
 
@@ -74,6 +77,19 @@ class TrackingProbe(nn.Module):
         x = q + self.pool(tokens, q)
         x = x + self.mlp(self.norm(x))
         return first[:, :, None] + self.head(x).unflatten(-1, (-1, 4)).to(first.dtype)
+
+
+class DepthProbe(nn.Module):
+    """Depth [B, T, H, W] from tokens [B, S, C]: one learned query per patch of the clip's token
+    grid, each decoding that patch's p x p depths."""
+
+    def __init__(self, dim: int, grid: tuple[int, int, int], patch: int, num_heads: int):
+        super().__init__()
+        self.grid, self.patch = grid, patch
+        self.readout = AttentiveProbe(dim, patch * patch, num_heads, num_queries=math.prod(grid))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return unpatchify(self.readout(tokens), self.patch, self.grid, channels=1)[:, 0]
 
 
 def build_probe(kind: str, dim: int, num_classes: int, num_heads: int) -> nn.Module:
