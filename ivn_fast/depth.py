@@ -25,8 +25,7 @@ from torch.utils.data import Dataset
 
 from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
-from ivn_fast.data.synthetic import SyntheticVideos
-from ivn_fast.data.transforms import normalize
+from ivn_fast.data.synthetic import Rendered, RenderedClips
 from ivn_fast.data.windows import read_images, read_lines
 from ivn_fast.fit import fit
 from ivn_fast.models.probe import DepthProbe
@@ -85,19 +84,13 @@ def train_depth(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tuple[
             "mean_absrel": baseline["absrel"], "mean_delta1": baseline["delta1"], "probe": probe.cpu()}
 
 
-class SyntheticDepth(Dataset):
-    """The built-in set's clips with the renderer's depth; every pixel scored."""
+def synthetic_targets(clip: Rendered) -> dict[str, torch.Tensor]:
+    """The renderer's depth, every pixel scored."""
+    return {"depth": clip.depth, "valid": torch.ones_like(clip.depth, dtype=torch.bool)}
 
-    def __init__(self, num_videos: int, num_frames: int, size: int, *, seed: int):
-        self.clips = SyntheticVideos(num_videos, num_frames, size, seed=seed)
 
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        clip = self.clips.render(index)[1]
-        return {"video": normalize(clip.pixels, channel_dim=0), "depth": clip.depth,
-                "valid": torch.ones_like(clip.depth, dtype=torch.bool)}
+def synthetic_depth(num_videos: int, num_frames: int, size: int, *, seed: int) -> RenderedClips:
+    return RenderedClips(num_videos, num_frames, size, seed=seed, targets=synthetic_targets)
 
 
 class DepthList(Dataset):

@@ -70,9 +70,9 @@ from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.depth import TARGET_KEYS as DEPTH_KEYS
-from ivn_fast.depth import DepthList, SyntheticDepth, predict_depth, train_depth
+from ivn_fast.depth import DepthList, predict_depth, synthetic_depth, train_depth
 from ivn_fast.tracking import TARGET_KEYS as TRACK_KEYS
-from ivn_fast.tracking import BoxList, SyntheticTracks, later_frames, predict_boxes, train_tracker
+from ivn_fast.tracking import BoxList, later_frames, predict_boxes, synthetic_tracks, train_tracker
 from ivn_fast.viz import draw_boxes, save_clip_grid, save_curves
 
 log = logging.getLogger("ivn_fast")
@@ -85,7 +85,7 @@ CROP_CANVAS = 1.25  # rendered frame side / view side when a clip is cut into se
 
 Features = tuple[torch.Tensor, dict[str, torch.Tensor]]  # tokens [N, V, S, C], labels per key [N]
 # the dense tasks: their synthetic clips and their lists (.jsonl, told apart by the key of their targets)
-DENSE = {"track": (SyntheticTracks, BoxList, "boxes"), "depth": (SyntheticDepth, DepthList, "depths")}
+DENSE = {"track": (synthetic_tracks, BoxList, "boxes"), "depth": (synthetic_depth, DepthList, "depths")}
 
 
 @dataclasses.dataclass(frozen=True)

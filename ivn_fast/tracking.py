@@ -24,8 +24,7 @@ from torch.utils.data import Dataset
 
 from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
-from ivn_fast.data.synthetic import SyntheticVideos
-from ivn_fast.data.transforms import normalize
+from ivn_fast.data.synthetic import Rendered, RenderedClips
 from ivn_fast.data.windows import read_images, read_lines
 from ivn_fast.fit import fit
 from ivn_fast.models.probe import TrackingProbe
@@ -113,19 +112,14 @@ def train_tracker(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tupl
             "static_miou": mean_iou(static, val_target, val_seen), "probe": probe.cpu()}
 
 
-class SyntheticTracks(Dataset):
-    """The built-in set's clips with the shape's box in every frame: one object per clip."""
+def synthetic_targets(clip: Rendered) -> dict[str, torch.Tensor]:
+    """The built-in set's shape as the one object to track."""
+    boxes = clip.boxes[None]
+    return {"boxes": boxes, "seen": _area(boxes) >= MIN_AREA}
 
-    def __init__(self, num_videos: int, num_frames: int, size: int, *, seed: int):
-        self.clips = SyntheticVideos(num_videos, num_frames, size, seed=seed)
 
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        clip = self.clips.render(index)[1]
-        boxes = clip.boxes[None]
-        return {"video": normalize(clip.pixels, channel_dim=0), "boxes": boxes, "seen": _area(boxes) >= MIN_AREA}
+def synthetic_tracks(num_videos: int, num_frames: int, size: int, *, seed: int) -> RenderedClips:
+    return RenderedClips(num_videos, num_frames, size, seed=seed, targets=synthetic_targets)
 
 
 class BoxList(Dataset):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ivn_fast.data.synthetic import SyntheticVideos
-from ivn_fast.depth import DepthList, SyntheticDepth, depth_loss, depth_metrics, train_depth
+from ivn_fast.depth import DepthList, synthetic_depth, depth_loss, depth_metrics, train_depth
 from ivn_fast.models.probe import DepthProbe
 from ivn_fast.probe import main as probe_main
 
@@ -65,7 +65,7 @@ def test_synthetic_depth_puts_the_shape_in_front_of_the_backdrop():
     x0, y0, x1, y1 = (clip.boxes[0] * 48).tolist()
     centre = depth[0, int((y0 + y1) / 2), int((x0 + x1) / 2)]
     assert 1.6 < centre < 2.6 and centre < depth.max()
-    item = SyntheticDepth(4, 3, 48, seed=2)[1]
+    item = synthetic_depth(4, 3, 48, seed=2)[1]
     assert torch.equal(item["depth"], depth) and item["valid"].all()
 
 
@@ -109,21 +109,8 @@ def test_depth_list_errors_name_the_line(tmp_path, extra, message):
         DepthList(str(tmp_path / "bad.jsonl"), num_frames=2, size=14)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from ivn_fast.pretrain import main as pretrain_main
-
-    out = tmp_path_factory.mktemp("depth_run")
-    tiny = ["--train.progress", "false", "--train.tensorboard", "false", "--data.num_workers", "0",
-            "--data.synthetic_videos", "16", "--train.batch_size", "4", "--model.encoder.depth", "2",
-            "--model.teacher.num_layers", "2", "--data.num_frames", "4", "--max-steps", "1",
-            "--model.decoder.sampling_steps", "2", "--output_dir", str(out / "run")]
-    assert pretrain_main(tiny) == 0
-    return out / "run" / "checkpoints" / "step_00000001"
-
-
-def test_cli_depth_on_synthetic_clips_and_a_depth_list(checkpoint, tmp_path, capsys):
-    args = ["--checkpoint", str(checkpoint), "--train-list", "synthetic:depth:16", "--val-list", "synthetic:depth:8",
+def test_cli_depth_on_synthetic_clips_and_a_depth_list(tiny_checkpoint, tmp_path, capsys):
+    args = ["--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:depth:16", "--val-list", "synthetic:depth:8",
             "--epochs", "2", "--batch", "8", "--json", str(tmp_path / "d.json"), "--plot", str(tmp_path / "d.png")]
     assert probe_main(args) == 0
     record = json.loads((tmp_path / "d.json").read_text())
@@ -136,7 +123,7 @@ def test_cli_depth_on_synthetic_clips_and_a_depth_list(checkpoint, tmp_path, cap
         lines.append(json.dumps({"frames": frames, "depths": maps}))
     (tmp_path / "train.jsonl").write_text("\n".join(lines[:3]) + "\n")
     (tmp_path / "val.jsonl").write_text("\n".join(lines[3:]) + "\n")
-    listed = ["--checkpoint", str(checkpoint), "--train-list", str(tmp_path / "train.jsonl"), "--val-list",
+    listed = ["--checkpoint", str(tiny_checkpoint), "--train-list", str(tmp_path / "train.jsonl"), "--val-list",
               str(tmp_path / "val.jsonl"), "--root", str(tmp_path), "--epochs", "2", "--batch", "4", "--workers", "0"]
     assert probe_main(listed) == 0
     assert "depth probe" in capsys.readouterr().out

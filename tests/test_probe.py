@@ -10,7 +10,6 @@ from torch import nn
 
 from ivn_fast.data.synthetic import SyntheticVideos
 from ivn_fast.models.probe import AttentiveProbe, LinearProbe, build_probe
-from ivn_fast.pretrain import main as pretrain_main
 from ivn_fast.probe import SyntheticViews, evaluate, synthetic_task, topk_accuracy, train_probe
 from ivn_fast.probe import main as probe_main
 from video_helpers import write_video
@@ -100,19 +99,8 @@ def test_task_specs():
             synthetic_task(bad, "train", **views)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("probe_run")
-    tiny = ["--train.progress", "false", "--train.tensorboard", "false", "--data.num_workers", "0",
-            "--data.synthetic_videos", "16", "--train.batch_size", "4", "--model.encoder.depth", "2",
-            "--model.teacher.num_layers", "2", "--data.num_frames", "4", "--max-steps", "2",
-            "--model.decoder.sampling_steps", "2", "--output_dir", str(out / "run")]
-    assert pretrain_main(tiny) == 0
-    return out / "run" / "checkpoints" / "step_00000002"
-
-
-def test_cli_probes_a_checkpoint_and_its_random_twin(checkpoint, tmp_path, capsys):
-    common = ["--checkpoint", str(checkpoint), "--train-list", "synthetic:direction:16", "--val-list",
+def test_cli_probes_a_checkpoint_and_its_random_twin(tiny_checkpoint, tmp_path, capsys):
+    common = ["--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:direction:16", "--val-list",
               "synthetic:direction:8", "--epochs", "2", "--batch", "8"]
     assert probe_main(common + ["--json", str(tmp_path / "probe.json"), "--plot", str(tmp_path / "c.png")]) == 0
     record = json.loads((tmp_path / "probe.json").read_text())
@@ -133,8 +121,8 @@ def test_cli_probes_a_checkpoint_and_its_random_twin(checkpoint, tmp_path, capsy
     assert "video list not found" in capsys.readouterr().err
 
 
-def test_cli_multi_view_linear_probe_caches_features(checkpoint, tmp_path):
-    args = ["--checkpoint", str(checkpoint), "--train-list", "synthetic:shape:16", "--val-list", "synthetic:shape:8",
+def test_cli_multi_view_linear_probe_caches_features(tiny_checkpoint, tmp_path):
+    args = ["--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:shape:16", "--val-list", "synthetic:shape:8",
             "--epochs", "2", "--batch", "8", "--head", "linear", "--segments", "2", "--crops", "2",
             "--cache-dir", str(tmp_path / "cache")]
     records = []
@@ -148,7 +136,7 @@ def test_cli_multi_view_linear_probe_caches_features(checkpoint, tmp_path):
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
 
 
-def test_cli_probes_video_lists_with_test_views(checkpoint, tmp_path):
+def test_cli_probes_video_lists_with_test_views(tiny_checkpoint, tmp_path):
     lines = []
     for i in range(6):
         path = write_video(tmp_path / f"v{i}", frames=10 + i, width=64 + 8 * (i % 2), height=48)
@@ -156,7 +144,7 @@ def test_cli_probes_video_lists_with_test_views(checkpoint, tmp_path):
     (tmp_path / "train.txt").write_text("\n".join(lines[:4]) + "\n")
     (tmp_path / "val.txt").write_text("\n".join(lines[4:]) + "\n")
     out = tmp_path / "probe.json"
-    args = ["--checkpoint", str(checkpoint), "--train-list", str(tmp_path / "train.txt"), "--val-list",
+    args = ["--checkpoint", str(tiny_checkpoint), "--train-list", str(tmp_path / "train.txt"), "--val-list",
             str(tmp_path / "val.txt"), "--root", str(tmp_path), "--epochs", "2", "--batch", "4", "--segments", "2",
             "--crops", "3", "--json", str(out)]
     assert probe_main(args) == 0
@@ -169,11 +157,11 @@ def test_cli_probes_video_lists_with_test_views(checkpoint, tmp_path):
                                   str(tmp_path / "val.txt")]) == 2
 
 
-def test_cli_counts_and_logs_unreadable_validation_videos(checkpoint, tmp_path, caplog):
+def test_cli_counts_and_logs_unreadable_validation_videos(tiny_checkpoint, tmp_path, caplog):
     paths = [write_video(tmp_path / f"v{i}", frames=10, width=64, height=48) for i in range(4)]
     (tmp_path / "train.txt").write_text("".join(f"{p.name} {i % 2}\n" for i, p in enumerate(paths)))
     (tmp_path / "val.txt").write_text(f"{paths[0].name} 0\ngone.mp4 1\n{paths[1].name} 5\n")
-    args = ["--checkpoint", str(checkpoint), "--train-list", str(tmp_path / "train.txt"), "--val-list",
+    args = ["--checkpoint", str(tiny_checkpoint), "--train-list", str(tmp_path / "train.txt"), "--val-list",
             str(tmp_path / "val.txt"), "--root", str(tmp_path), "--epochs", "1", "--batch", "4"]
     with caplog.at_level(logging.WARNING, logger="ivn_fast"):
         assert probe_main(args) == 0

@@ -14,7 +14,7 @@ from ivn_fast.data.transforms import denormalize
 from ivn_fast.models.heads import AttentionPool
 from ivn_fast.models.probe import TrackingProbe
 from ivn_fast.probe import main as probe_main
-from ivn_fast.tracking import MIN_AREA, BoxList, SyntheticTracks, box_iou, mean_iou, track_loss, train_tracker
+from ivn_fast.tracking import MIN_AREA, BoxList, synthetic_tracks, box_iou, mean_iou, track_loss, train_tracker
 
 
 def test_iou_and_giou_of_known_boxes():
@@ -84,7 +84,7 @@ def test_synthetic_boxes_enclose_the_shape():
     x0, y0, x1, y1 = (boxes[0] * 64).round().long().tolist()
     inside = pixels[:, 0, y0:y1, x0:x1]
     assert inside.numel() > 0 and (inside - pixels[:, 0].mean((1, 2), keepdim=True)).abs().max() > 0.2
-    tracks = SyntheticTracks(6, 5, 64, seed=3)[4]
+    tracks = synthetic_tracks(6, 5, 64, seed=3)[4]
     assert torch.equal(tracks["boxes"][0], boxes) and tracks["seen"].all()
     torch.testing.assert_close(denormalize(tracks["video"], channel_dim=0), pixels)
 
@@ -135,21 +135,8 @@ def test_box_list_errors_name_the_line(tmp_path, line, message):
         BoxList(str(path), num_frames=3, size=28)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from ivn_fast.pretrain import main as pretrain_main
-
-    out = tmp_path_factory.mktemp("track_run")
-    tiny = ["--train.progress", "false", "--train.tensorboard", "false", "--data.num_workers", "0",
-            "--data.synthetic_videos", "16", "--train.batch_size", "4", "--model.encoder.depth", "2",
-            "--model.teacher.num_layers", "2", "--data.num_frames", "4", "--max-steps", "1",
-            "--model.decoder.sampling_steps", "2", "--output_dir", str(out / "run")]
-    assert pretrain_main(tiny) == 0
-    return out / "run" / "checkpoints" / "step_00000001"
-
-
-def test_cli_tracks_synthetic_shapes(checkpoint, tmp_path, capsys):
-    args = ["--checkpoint", str(checkpoint), "--train-list", "synthetic:track:24", "--val-list", "synthetic:track:8",
+def test_cli_tracks_synthetic_shapes(tiny_checkpoint, tmp_path, capsys):
+    args = ["--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:track:24", "--val-list", "synthetic:track:8",
             "--epochs", "2", "--batch", "8", "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")]
     assert probe_main(args) == 0
     record = json.loads((tmp_path / "t.json").read_text())
@@ -164,7 +151,7 @@ def test_cli_tracks_synthetic_shapes(checkpoint, tmp_path, capsys):
     assert "one view per window" in capsys.readouterr().err
 
 
-def test_cli_tracks_a_box_list_and_leaves_unreadable_windows_out(checkpoint, tmp_path, caplog, capsys):
+def test_cli_tracks_a_box_list_and_leaves_unreadable_windows_out(tiny_checkpoint, tmp_path, caplog, capsys):
     lines = []
     for i in range(6):
         frames = _write_window(tmp_path, f"w{i}", 4, size=(64, 48))
@@ -172,7 +159,7 @@ def test_cli_tracks_a_box_list_and_leaves_unreadable_windows_out(checkpoint, tmp
     lines.append({"frames": ["gone/0.png"] * 4, "boxes": [[[0, 0, 20, 20]] * 4]})
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines[:4]))
     (tmp_path / "val.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines[4:]))
-    args = ["--checkpoint", str(checkpoint), "--train-list", str(tmp_path / "train.jsonl"), "--val-list",
+    args = ["--checkpoint", str(tiny_checkpoint), "--train-list", str(tmp_path / "train.jsonl"), "--val-list",
             str(tmp_path / "val.jsonl"), "--root", str(tmp_path), "--epochs", "2", "--batch", "4", "--workers", "0"]
     with caplog.at_level(logging.WARNING, logger="ivn_fast"):
         assert probe_main(args) == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -169,3 +170,19 @@ class SyntheticVideos(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         labels, clip = self.render(index)
         return {"video": normalize(clip.pixels, channel_dim=0), "index": index, **labels}
+
+
+class RenderedClips(Dataset):
+    """The set's clips with ground truth the renderer knows, for the dense probes: items hold the
+    video and `targets(rendered clip)` (a module-level function, so DataLoader workers can take it)."""
+
+    def __init__(self, num_videos: int, num_frames: int, size: int, *, seed: int,
+                 targets: Callable[[Rendered], dict[str, torch.Tensor]]):
+        self.clips, self.targets = SyntheticVideos(num_videos, num_frames, size, seed=seed), targets
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        clip = self.clips.render(index)[1]
+        return {"video": normalize(clip.pixels, channel_dim=0), **self.targets(clip)}
