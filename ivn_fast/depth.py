@@ -27,7 +27,7 @@ from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.synthetic import Rendered, RenderedClips
 from ivn_fast.data.windows import read_images, read_lines
-from ivn_fast.fit import fit
+from ivn_fast.fit import fit, shuffled
 from ivn_fast.models.probe import DepthProbe
 
 TARGET_KEYS = ("depth", "valid")
@@ -75,8 +75,9 @@ def train_depth(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tuple[
         scores.append(depth_metrics(predict_depth(p, x_val, batch, device), val_depth, val_valid))
         return scores[-1]["absrel"]
 
-    curve, losses = fit(probe, (x_train, depth, valid), lambda p, x, d, v: depth_loss(p(x).float(), d, v), score,
-                        epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay, seed=seed, device=device)
+    curve, losses = fit(probe, *shuffled((x_train, depth, valid), batch, seed),
+                        lambda p, x, d, v: depth_loss(p(x).float(), d, v), score,
+                        epochs=epochs, lr=lr, weight_decay=weight_decay, device=device)
     mean_map = (depth * valid).sum(0) / valid.sum(0).clamp(min=1)
     baseline = depth_metrics(mean_map.expand_as(val_depth), val_depth, val_valid)
     return {**scores[-1], "curve": curve, "delta1_curve": [s["delta1"] for s in scores], "train_loss": losses,

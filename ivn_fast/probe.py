@@ -49,11 +49,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +67,7 @@ from ivn_fast.data.dataset import VideoClips
 from ivn_fast.data.health import SkipCounter, encode_skips
 from ivn_fast.data.lists import ListError, load_lists, parse_spec
 from ivn_fast.data.synthetic import LABELS, SyntheticVideos
-from ivn_fast.fit import fit
+from ivn_fast.fit import Batches, shuffled, fit
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
@@ -156,11 +158,13 @@ class SyntheticViews(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor | int]:
+        """key = index + epoch * len(self): a streamed probe draws each epoch's training view anew."""
+        epoch, index = divmod(int(key), len(self))
         item = self.clips[index]
         windows = self.windows
         if self.train:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index + epoch * 1_000_000_007)
             windows = [windows[int(torch.randint(len(windows), (), generator=g))]]
         t, s = self.num_frames, self.size
         video = torch.stack([item["video"][:, t0:t0 + t, y:y + s, x:x + s] for t0, y, x in windows])
@@ -184,6 +188,14 @@ class GroupedViews(Dataset):
 
 
 @torch.no_grad()
+def view_tokens(encoder: VideoEncoder, video: torch.Tensor, device: torch.device, *, pool: bool = False) -> torch.Tensor:
+    """Frozen float32 tokens [B, V, S, C] (on `device`) of clips [B, V, 3, T, H, W] or [B, 3, T, H, W]."""
+    video = video if video.dim() == 6 else video[:, None]
+    out = encoder(video.flatten(0, 1).to(device, non_blocking=True)).tokens.float()
+    return (out.mean(1, keepdim=True) if pool else out).unflatten(0, video.shape[:2])
+
+
+@torch.no_grad()
 def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batch: int, device: torch.device, *,
            pool: bool = False, workers: int = 0) -> Features:
     """Frozen tokens [N, V, S, C] (CPU, float32) of every view of every clip, and the labels. An
@@ -196,10 +208,7 @@ def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batc
     skips = SkipCounter(max_fraction=1.0, instead="a replacement clip is used" if replaced else "it is left out")
     for items in DataLoader(data, batch_size=batch, num_workers=workers):
         skips.update(items)
-        video = items["video"] if items["video"].dim() == 6 else items["video"][:, None]
-        out = encoder(video.flatten(0, 1).to(device)).tokens.float()
-        out = out.mean(1, keepdim=True) if pool else out
-        tokens.append(out.cpu().unflatten(0, video.shape[:2]))
+        tokens.append(view_tokens(encoder, items["video"], device, pool=pool).cpu())
         for k in label_keys:
             labels[k].append(torch.as_tensor(items[k]))
     if skips.bad:
@@ -245,41 +254,106 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return (scores.topk(k, dim=-1).indices == labels[:, None]).any(-1).float().mean().item()
 
 
+class Kept(NamedTuple):
+    """Tokens encoded once and kept: every view of every clip."""
+
+    tokens: torch.Tensor  # [N, V, S, C]
+    labels: torch.Tensor  # [N]
+
+
+class Streamed:
+    """Clips encoded as the probe reads them, never kept: for sets whose tokens do not fit in memory.
+    Training batches use epoch keys (index + epoch * N), so each epoch samples and crops every clip
+    afresh, as a training run does, in a seeded permutation per epoch."""
+
+    def __init__(self, encoder: VideoEncoder, data: Dataset, label: str, *, batch: int, device: torch.device,
+                 workers: int, pool: bool = False):
+        self.encoder, self.data, self.label, self.batch, self.device = encoder, data, label, batch, device
+        self.workers, self.pool = workers, pool
+        self.skips = SkipCounter(max_fraction=1.0)  # logs each unreadable file once; never stops a probe
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, keys: Sequence[Sequence[int]] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(tokens [B, V, S, C] on the device, labels [B]) for batches of keys; None: every clip in order."""
+        if keys is None:
+            loader = DataLoader(self.data, batch_size=self.batch, num_workers=self.workers,
+                                pin_memory=self.device.type == "cuda")
+        else:
+            loader = DataLoader(self.data, batch_sampler=keys, num_workers=self.workers,
+                                pin_memory=self.device.type == "cuda")
+        for items in loader:
+            self.skips.update(items)
+            yield view_tokens(self.encoder, items["video"], self.device, pool=self.pool), torch.as_tensor(items[self.label])
+
+    def epochs(self, batch: int, seed: int) -> Batches:
+        """Training epochs: one view per clip, [B, S, C] tokens and labels."""
+        g = torch.Generator().manual_seed(seed)
+        epoch = iter(range(1 << 62))
+
+        def one() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            offset = next(epoch) * len(self)
+            keys = [k.tolist() for k in (torch.randperm(len(self), generator=g) + offset).split(batch)]
+            return ((tokens[:, 0], labels) for tokens, labels in self.batches(keys))
+
+        return one
+
+
 @torch.no_grad()
-def predict(probe: torch.nn.Module, tokens: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    """Class probabilities [N, V, K] of every view of tokens [N, V, S, C]."""
+def predict(probe: torch.nn.Module, source: Kept | Streamed, batch: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities [N, V, K] of every view of every clip, and the labels [N]."""
     probe.eval()
-    n, v = tokens.shape[:2]
-    probs = [probe(tokens[i:i + batch].flatten(0, 1).to(device)).float().softmax(-1).cpu()
-             for i in range(0, n, batch)]
-    return torch.cat(probs).view(n, v, -1)
+    if isinstance(source, Kept):
+        n, v = source.tokens.shape[:2]
+        probs = [probe(source.tokens[i:i + batch].flatten(0, 1).to(device)).float().softmax(-1).cpu()
+                 for i in range(0, n, batch)]
+        return torch.cat(probs).view(n, v, -1), source.labels
+    probs, labels = [], []
+    for tokens, y in source.batches():
+        probs.append(probe(tokens.flatten(0, 1)).float().softmax(-1).cpu().unflatten(0, tokens.shape[:2]))
+        labels.append(y)
+    return torch.cat(probs), torch.cat(labels)
 
 
-def evaluate(probe: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch: int,
-             device: torch.device) -> dict[str, float]:
+def evaluate(probe: torch.nn.Module, source: Kept | Streamed, batch: int, device: torch.device) -> dict[str, float]:
     """Top-1 / top-5 of the softmax averaged over each clip's views, and the mean single-view top-1."""
-    tokens, labels = data
-    probs = predict(probe, tokens, batch, device)
+    probs, labels = predict(probe, source, batch, device)
     clip = probs.mean(1)
     return {"top1": topk_accuracy(clip, labels, 1), "top5": topk_accuracy(clip, labels, 5),
             "view_top1": (probs.argmax(-1) == labels[:, None]).float().mean().item()}
 
 
-def train_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
-                head: str, num_classes: int, num_heads: int, epochs: int, batch: int, lr: float,
-                weight_decay: float, seed: int, device: torch.device) -> dict:
-    """Train a probe on kept tokens [N, V, S, C] (every training view is a sample); the
-    per-epoch validation top-1 is the probe curve, beside each epoch's mean training loss."""
+def train_probe(train: Kept | Streamed, val: Kept | Streamed, *, head: str, num_classes: int, num_heads: int,
+                epochs: int, batch: int, lr: float, weight_decay: float, seed: int, device: torch.device) -> dict:
+    """Train a probe on kept tokens (every training view a sample) or streamed clips (a fresh view of
+    each per epoch); the per-epoch validation top-1 is the probe curve, beside each epoch's mean
+    training loss. `train_top1` scores the kept training views after training; streamed, it is the
+    last epoch's running top-1 (on the views it trained on, while it trained)."""
     torch.manual_seed(seed)
-    x_train, y_train = train
-    views = x_train.shape[1]
-    probe = build_probe(head, x_train.shape[-1], num_classes, num_heads).to(device)
-    curve, losses = fit(probe, (x_train.flatten(0, 1), y_train.repeat_interleave(views)),
-                        lambda p, x, y: F.cross_entropy(p(x), y),
-                        lambda p: evaluate(p, val, batch, device)["top1"],
-                        epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay, seed=seed, device=device)
-    return {"curve": curve, "train_loss": losses, **evaluate(probe, val, batch, device),
-            "train_top1": evaluate(probe, train, batch, device)["top1"]}
+    if isinstance(train, Kept):
+        views = train.tokens.shape[1]
+        batches, steps = shuffled((train.tokens.flatten(0, 1), train.labels.repeat_interleave(views)), batch, seed)
+        dim = train.tokens.shape[-1]
+    else:
+        batches, steps, dim = train.epochs(batch, seed), math.ceil(len(train) / batch), train.encoder.cfg.embed_dim
+    probe = build_probe(head, dim, num_classes, num_heads).to(device)
+    hits = []  # (right, seen) per training batch
+
+    def loss(p: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = p(x)
+        hits.append(((logits.argmax(-1) == y).sum(), len(y)))
+        return F.cross_entropy(logits, y)
+
+    curve, losses = fit(probe, batches, steps, loss, lambda p: evaluate(p, val, batch, device)["top1"],
+                        epochs=epochs, lr=lr, weight_decay=weight_decay, device=device)
+    if isinstance(train, Kept):
+        train_top1 = evaluate(probe, train, batch, device)["top1"]
+    else:
+        last = hits[-steps:]
+        train_top1 = sum(int(r) for r, _ in last) / sum(n for _, n in last)
+    return {"curve": curve, "train_loss": losses, **evaluate(probe, val, batch, device), "train_top1": train_top1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampling", default=DataConfig().sampling, choices=("sparse", "dense"),
                         help="frames of a list clip: one per equal segment of the video, or --stride apart")
     parser.add_argument("--stride", type=int, default=DataConfig().stride, help="frame step of dense sampling")
+    parser.add_argument("--features", default="auto", choices=("auto", "memory", "stream"),
+                        help="classification: encode every view once and keep the tokens (memory: fast, one fixed "
+                             "training view per clip), or encode clips as they are read (stream: each epoch "
+                             "samples and crops training clips afresh, for sets too large to keep); auto keeps "
+                             "them while they take at most a quarter of this machine's memory")
     parser.add_argument("--cache-dir", type=Path, help="keep the linear probe's pooled features here")
     parser.add_argument("--workers", type=int, default=1,
                         help="DataLoader processes that render or decode clips (0: in the main process)")
@@ -331,6 +410,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.cache_dir and args.head != "linear":
         raise ValueError("--cache-dir keeps mean-pooled features, which only --head linear reads")
+    if args.cache_dir and args.features == "stream":
+        raise ValueError("--cache-dir keeps features, which --features stream never does")
 
 
 def load_task(spec: str, split: str, args: argparse.Namespace, frames: int, size: int) -> Task:
@@ -369,24 +450,50 @@ def _check_dense(args: argparse.Namespace, tasks: dict[str, Task]) -> None:
                          "--segments, --crops and --head at their defaults")
 
 
+def feature_bytes(encoder: VideoEncoder, tasks: dict[str, Task], frames: int, size: int, pool: bool) -> int:
+    """What keeping every view's float32 tokens would take."""
+    tokens = 1 if pool else encoder.cfg.num_cls + frames * (size // encoder.cfg.patch_size) ** 2
+    views = sum(len(t.data) * (1 if split == "train" else t.spec["segments"] * t.spec["crops"])
+                for split, t in tasks.items())
+    return 4 * encoder.cfg.embed_dim * tokens * views
+
+
+def feature_mode(args: argparse.Namespace, need: int) -> str:
+    """memory or stream: --features, or with auto, memory while the tokens take at most a quarter of RAM."""
+    if args.features != "auto":
+        return args.features
+    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    mode = "memory" if args.cache_dir or need <= budget else "stream"
+    log.info("probe features: %s (keeping every view's tokens would take %.1f GB; a quarter of memory is %.1f GB)",
+             mode, need / 1e9, budget / 1e9)
+    return mode
+
+
 def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:
-    """Encode both splits, train the classification probe; the record and what to print and draw."""
+    """Train the classification probe on kept or streamed tokens; the record and what to print and draw."""
     label = tasks["train"].label
-    features, cached = {}, {}
+    pool = args.head == "linear"
+    spec = tasks["train"].spec
+    mode = feature_mode(args, feature_bytes(encoder, tasks, spec["frames"], spec["size"], pool))
+    sources, cached = {}, {}
     for split, task in tasks.items():
+        if mode == "stream":
+            sources[split] = Streamed(encoder, task.data, label, batch=args.batch, device=device, workers=args.workers,
+                                      pool=pool)
+            continue
         if args.cache_dir:
             (tokens, labels), cached[split] = cached_encode(args.cache_dir, task.spec, encoder, task.data, (label,),
                                                             args.batch, device, workers=args.workers)
         else:
-            tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=args.head == "linear",
-                                    workers=args.workers)
-        features[split] = (tokens, labels[label])
-    unseen = sorted(set(features["val"][1].tolist()) - set(features["train"][1].tolist()))
-    if unseen:
-        log.warning("validation label(s) %s never occur in the training clips: the probe cannot learn them "
-                    "(do both lists use one label map?)", ", ".join(map(str, unseen)))
+            tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=pool, workers=args.workers)
+        sources[split] = Kept(tokens, labels[label])
+    if mode == "memory":
+        unseen = sorted(set(sources["val"].labels.tolist()) - set(sources["train"].labels.tolist()))
+        if unseen:
+            log.warning("validation label(s) %s never occur in the training clips: the probe cannot learn them "
+                        "(do both lists use one label map?)", ", ".join(map(str, unseen)))
     num_classes = max(t.num_classes for t in tasks.values())
-    result = train_probe(features["train"], features["val"], head=args.head, num_classes=num_classes,
+    result = train_probe(sources["train"], sources["val"], head=args.head, num_classes=num_classes,
                          num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
                          lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
     views_note = f", {args.segments}x{args.crops} views" if args.segments * args.crops > 1 else ""
@@ -397,7 +504,7 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
         save_curves({"validation top-1": {"top-1": result["curve"]}, "training loss": {"cross-entropy":
                      result["train_loss"]}}, args.plot, f"{label} probe ({args.head}), {_encoder_name(args)}",
                     chance={"validation top-1": 1 / num_classes})
-    return {"task": label, "classes": num_classes, **result, "cached": cached, "summary": summary}
+    return {"task": label, "classes": num_classes, **result, "features": mode, "cached": cached, "summary": summary}
 
 
 def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:

@@ -26,7 +26,7 @@ from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.synthetic import Rendered, RenderedClips
 from ivn_fast.data.windows import read_images, read_lines
-from ivn_fast.fit import fit
+from ivn_fast.fit import fit, shuffled
 from ivn_fast.models.probe import TrackingProbe
 
 MIN_AREA = 0.005  # boxes under this share of the frame are not seen (the paper's filter)
@@ -102,10 +102,10 @@ def train_tracker(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tupl
         if not s.any():
             raise ValueError(f"no {name} window has an object seen in its first frame and a later one")
     probe = TrackingProbe(x_train.shape[-1], target.shape[2] + 1, num_heads).to(device)
-    curve, losses = fit(probe, (x_train, first, target, seen),
+    curve, losses = fit(probe, *shuffled((x_train, first, target, seen), batch, seed),
                         lambda p, x, f, t, m: track_loss(p(x, f).float(), t, m),
                         lambda p: mean_iou(predict_boxes(p, x_val, val_first, batch, device), val_target, val_seen),
-                        epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay, seed=seed, device=device)
+                        epochs=epochs, lr=lr, weight_decay=weight_decay, device=device)
     static = val_first[:, :, None].expand_as(val_target)
     return {"miou": curve[-1], "curve": curve, "train_loss": losses,
             "train_miou": mean_iou(predict_boxes(probe, x_train, first, batch, device), target, seen),

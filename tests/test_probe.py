@@ -10,7 +10,7 @@ from torch import nn
 
 from ivn_fast.data.synthetic import SyntheticVideos
 from ivn_fast.models.probe import AttentiveProbe, LinearProbe, build_probe
-from ivn_fast.probe import SyntheticViews, evaluate, synthetic_task, topk_accuracy, train_probe
+from ivn_fast.probe import Kept, SyntheticViews, evaluate, synthetic_task, topk_accuracy, train_probe
 from ivn_fast.probe import main as probe_main
 from video_helpers import write_video
 
@@ -22,7 +22,7 @@ def _separable(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     tokens = 0.5 * torch.randn(n, 10, 16, generator=g)
     where = torch.randint(10, (n,), generator=g)
     tokens[torch.arange(n), where] += 8 * torch.eye(16)[labels]
-    return tokens[:, None], labels
+    return Kept(tokens[:, None], labels)
 
 
 @pytest.mark.parametrize("head", ["attentive", "linear"])
@@ -46,7 +46,7 @@ def test_views_are_averaged_as_probabilities():
     # softmax gets every clip right; averaging logits would not ([3.3, 1.3, 0] favours class 0).
     views = torch.tensor([[10.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0]])
     tokens = views[None, :, None, :].expand(4, 3, 2, 3)  # [N, V, S, K]
-    scores = evaluate(_TokenMeanLogits(), (tokens, torch.ones(4, dtype=torch.long)), 3, torch.device("cpu"))
+    scores = evaluate(_TokenMeanLogits(), Kept(tokens, torch.ones(4, dtype=torch.long)), 3, torch.device("cpu"))
     assert scores["top1"] == 1.0 and scores["view_top1"] == pytest.approx(2 / 3) and scores["top5"] == 1.0
     assert views.mean(0).argmax() == 0
 
@@ -58,7 +58,7 @@ def test_multi_view_training_uses_every_view_and_helps_on_noisy_views():
         labels = torch.randint(4, (n,), generator=g)
         tokens = torch.randn(n, 5, 3, 8, generator=g) * 2.0
         tokens[..., :4] += torch.eye(4)[labels][:, None, None]
-        return tokens, labels
+        return Kept(tokens, labels)
     result = train_probe(noisy(300), noisy(200), head="linear", num_classes=4, num_heads=1, epochs=10, batch=32,
                          lr=1e-2, weight_decay=0.0, seed=0, device=torch.device("cpu"))
     assert result["top1"] > result["view_top1"] + 0.1, result
@@ -169,3 +169,62 @@ def test_cli_counts_and_logs_unreadable_validation_videos(tiny_checkpoint, tmp_p
     assert any("gone.mp4" in m and "missing" in m for m in messages)
     assert any(m.startswith("1 bad video(s) were replaced") and "missing 1" in m for m in messages)
     assert any(m.startswith("validation label(s) 5 never occur in the training clips") for m in messages)
+
+
+def test_streamed_probe_trains_as_the_kept_one_on_the_same_clips(tiny_checkpoint):
+    # one view per clip and clips that do not change between epochs: streaming reads the same tokens in
+    # the same seeded order as the kept path, so both train the same probe
+    from ivn_fast.export import load_encoder
+    from ivn_fast.probe import Streamed, encode
+
+    cpu = torch.device("cpu")
+    encoder = load_encoder(str(tiny_checkpoint), cpu)
+    data = {split: SyntheticViews(n, 4, 112, seed=seed, train=split == "train")
+            for split, n, seed in (("train", 24, 1), ("val", 12, 2))}
+    kept = {split: Kept(*(lambda f: (f[0], f[1]["direction"]))(encode(encoder, d, ("direction",), 8, cpu)))
+            for split, d in data.items()}
+    streamed = {split: Streamed(encoder, d, "direction", batch=8, device=cpu, workers=0) for split, d in data.items()}
+    common = {"head": "attentive", "num_classes": 8, "num_heads": 2, "epochs": 3, "batch": 8, "lr": 1e-2,
+              "weight_decay": 0.0, "seed": 0, "device": cpu}
+    a = train_probe(kept["train"], kept["val"], **common)
+    b = train_probe(streamed["train"], streamed["val"], **common)
+    torch.testing.assert_close(torch.tensor(b["train_loss"]), torch.tensor(a["train_loss"]), rtol=1e-3, atol=1e-4)
+    assert a["curve"] == b["curve"] and a["top5"] == b["top5"]
+    assert 0.0 <= b["train_top1"] <= 1.0
+
+
+def test_streamed_training_views_change_with_the_epoch():
+    views = SyntheticViews(6, 2, 28, seed=4, segments=3, crops=2, train=True)
+    per_epoch = [[views[i + epoch * len(views)]["video"] for i in range(6)] for epoch in range(2)]
+    assert torch.equal(per_epoch[0][0], views[0]["video"])  # epoch 0 keys are the plain indices
+    assert any(not torch.equal(a, b) for a, b in zip(*per_epoch))
+
+
+def test_feature_mode_keeps_what_fits_and_streams_the_rest(caplog):
+    from argparse import Namespace
+
+    from ivn_fast.probe import feature_mode
+
+    with caplog.at_level(logging.INFO, logger="ivn_fast"):
+        assert feature_mode(Namespace(features="auto", cache_dir=None), 10**6) == "memory"
+        assert feature_mode(Namespace(features="auto", cache_dir=None), 10**15) == "stream"
+    assert "keeping every view's tokens would take 1000000.0 GB" in caplog.text
+    assert feature_mode(Namespace(features="stream", cache_dir=None), 1) == "stream"
+
+
+def test_cli_streams_a_list_probe(tiny_checkpoint, tmp_path, capsys):
+    lines = []
+    for i in range(4):
+        path = write_video(tmp_path / f"v{i}", frames=10, width=64, height=48)
+        lines.append(f"{path.name} {i % 2}")
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(lines[:2]) + "\n")
+    out = tmp_path / "probe.json"
+    args = ["--checkpoint", str(tiny_checkpoint), "--train-list", str(tmp_path / "train.txt"), "--val-list",
+            str(tmp_path / "val.txt"), "--root", str(tmp_path), "--epochs", "2", "--batch", "2", "--segments", "2",
+            "--features", "stream", "--workers", "0", "--json", str(out)]
+    assert probe_main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["features"] == "stream" and len(record["curve"]) == 2 and 0 <= record["top1"] <= 1
+    assert probe_main(args + ["--head", "linear", "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "--features stream never does" in capsys.readouterr().err

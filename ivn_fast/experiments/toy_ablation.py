@@ -40,7 +40,7 @@ from ivn_fast.data.synthetic import LABELS
 from ivn_fast.export import load_encoder
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
-from ivn_fast.probe import BATCH, LR, SEEDS, WEIGHT_DECAY, SyntheticViews, encode, train_probe
+from ivn_fast.probe import BATCH, LR, SEEDS, WEIGHT_DECAY, Kept, SyntheticViews, encode, train_probe
 from ivn_fast.train.checkpoint import checkpoint_dir, latest_checkpoint
 from ivn_fast.train.distributed import World
 from ivn_fast.train.trainer import Trainer, resolve_device
@@ -126,8 +126,8 @@ def probe(encoder: VideoEncoder, size: Size, seed: int, device: torch.device) ->
     features = {split: encode(encoder, SyntheticViews(n, frames, side, seed=SEEDS[split], train=split == "train"),
                               TASKS, BATCH, device, workers=1)
                 for split, n in (("train", size.train_clips), ("val", size.val_clips))}
-    return {task: train_probe((features["train"][0], features["train"][1][task]),
-                              (features["val"][0], features["val"][1][task]), head="attentive",
+    return {task: train_probe(Kept(features["train"][0], features["train"][1][task]),
+                              Kept(features["val"][0], features["val"][1][task]), head="attentive",
                               num_classes=len(LABELS[task]), num_heads=encoder.cfg.num_heads,
                               epochs=size.probe_epochs, batch=BATCH, lr=LR, weight_decay=WEIGHT_DECAY, seed=seed,
                               device=device)
