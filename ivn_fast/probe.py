@@ -58,8 +58,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ivn_fast.config import DataConfig
@@ -74,6 +76,8 @@ from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.depth import TARGET_KEYS as DEPTH_KEYS
 from ivn_fast.depth import DepthList, predict_depth, synthetic_depth, train_depth
 from ivn_fast.tracking import TARGET_KEYS as TRACK_KEYS
+from ivn_fast.train.distributed import (World, broadcast_object, init_distributed, mean_over_ranks, shutdown,
+                                        sum_over_ranks)
 from ivn_fast.tracking import BoxList, later_frames, predict_boxes, synthetic_tracks, train_tracker
 from ivn_fast.viz import draw_boxes, save_clip_grid, save_curves
 
@@ -254,6 +258,15 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return (scores.topk(k, dim=-1).indices == labels[:, None]).any(-1).float().mean().item()
 
 
+def gather_rows(rows: torch.Tensor, world: World) -> torch.Tensor:
+    """Every process's rows (CPU tensors), concatenated in rank order, on every process."""
+    if world.size == 1:
+        return rows
+    parts = [None] * world.size
+    dist.all_gather_object(parts, rows)
+    return torch.cat(parts)
+
+
 class Kept(NamedTuple):
     """Tokens encoded once and kept: every view of every clip."""
 
@@ -267,34 +280,37 @@ class Streamed:
     afresh, as a training run does, in a seeded permutation per epoch."""
 
     def __init__(self, encoder: VideoEncoder, data: Dataset, label: str, *, batch: int, device: torch.device,
-                 workers: int, pool: bool = False):
+                 workers: int, pool: bool = False, world: World = World()):
         self.encoder, self.data, self.label, self.batch, self.device = encoder, data, label, batch, device
-        self.workers, self.pool = workers, pool
+        self.workers, self.pool, self.world = workers, pool, world
         self.skips = SkipCounter(max_fraction=1.0)  # logs each unreadable file once; never stops a probe
 
     def __len__(self) -> int:
         return len(self.data)
 
     def batches(self, keys: Sequence[Sequence[int]] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(tokens [B, V, S, C] on the device, labels [B]) for batches of keys; None: every clip in order."""
+        """(tokens [B, V, S, C] on the device, labels [B]) for batches of keys; None: this process's share
+        of every clip (every world.size-th)."""
         if keys is None:
-            loader = DataLoader(self.data, batch_size=self.batch, num_workers=self.workers,
-                                pin_memory=self.device.type == "cuda")
-        else:
-            loader = DataLoader(self.data, batch_sampler=keys, num_workers=self.workers,
-                                pin_memory=self.device.type == "cuda")
+            keys = [list(range(self.world.rank, len(self), self.world.size))[i:i + self.batch]
+                    for i in range(0, math.ceil(len(self) / self.world.size), self.batch)]
+        loader = DataLoader(self.data, batch_sampler=[k for k in keys if k], num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda")
         for items in loader:
             self.skips.update(items)
             yield view_tokens(self.encoder, items["video"], self.device, pool=self.pool), torch.as_tensor(items[self.label])
 
     def epochs(self, batch: int, seed: int) -> Batches:
-        """Training epochs: one view per clip, [B, S, C] tokens and labels."""
+        """Training epochs: one view per clip, [B, S, C] tokens and labels; with several processes each
+        global batch of `batch` clips is split over them (a last batch too small to split is dropped)."""
         g = torch.Generator().manual_seed(seed)
         epoch = iter(range(1 << 62))
+        rank, size = self.world.rank, self.world.size
 
         def one() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             offset = next(epoch) * len(self)
-            keys = [k.tolist() for k in (torch.randperm(len(self), generator=g) + offset).split(batch)]
+            keys = [k.tensor_split(size)[rank].tolist()
+                    for k in (torch.randperm(len(self), generator=g) + offset).split(batch) if len(k) >= size]
             return ((tokens[:, 0], labels) for tokens, labels in self.batches(keys))
 
         return one
@@ -314,7 +330,7 @@ def predict(probe: torch.nn.Module, source: Kept | Streamed, batch: int,
     for tokens, y in source.batches():
         probs.append(probe(tokens.flatten(0, 1)).float().softmax(-1).cpu().unflatten(0, tokens.shape[:2]))
         labels.append(y)
-    return torch.cat(probs), torch.cat(labels)
+    return gather_rows(torch.cat(probs), source.world), gather_rows(torch.cat(labels), source.world)
 
 
 def evaluate(probe: torch.nn.Module, source: Kept | Streamed, batch: int, device: torch.device) -> dict[str, float]:
@@ -337,8 +353,11 @@ def train_probe(train: Kept | Streamed, val: Kept | Streamed, *, head: str, num_
         batches, steps = shuffled((train.tokens.flatten(0, 1), train.labels.repeat_interleave(views)), batch, seed)
         dim = train.tokens.shape[-1]
     else:
-        batches, steps, dim = train.epochs(batch, seed), math.ceil(len(train) / batch), train.encoder.cfg.embed_dim
+        batches, dim = train.epochs(batch, seed), train.encoder.cfg.embed_dim
+        steps = len(train) // batch + (len(train) % batch >= train.world.size)
     probe = build_probe(head, dim, num_classes, num_heads).to(device)
+    world = train.world if isinstance(train, Streamed) else World()
+    trained = probe if world.size == 1 else DistributedDataParallel(probe)
     hits = []  # (right, seen) per training batch
 
     def loss(p: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -346,13 +365,14 @@ def train_probe(train: Kept | Streamed, val: Kept | Streamed, *, head: str, num_
         hits.append(((logits.argmax(-1) == y).sum(), len(y)))
         return F.cross_entropy(logits, y)
 
-    curve, losses = fit(probe, batches, steps, loss, lambda p: evaluate(p, val, batch, device)["top1"],
+    curve, losses = fit(trained, batches, steps, loss, lambda p: evaluate(probe, val, batch, device)["top1"],
                         epochs=epochs, lr=lr, weight_decay=weight_decay, device=device)
+    losses = mean_over_ranks(torch.tensor(losses, device=device)).tolist()
     if isinstance(train, Kept):
         train_top1 = evaluate(probe, train, batch, device)["top1"]
     else:
-        last = hits[-steps:]
-        train_top1 = sum(int(r) for r, _ in last) / sum(n for _, n in last)
+        right, seen = sum_over_ranks([sum(int(r) for r, _ in hits[-steps:]), sum(n for _, n in hits[-steps:])])
+        train_top1 = right / max(seen, 1)
     return {"curve": curve, "train_loss": losses, **evaluate(probe, val, batch, device), "train_top1": train_top1}
 
 
@@ -372,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-init", action="store_true",
                         help="probe a random encoder of the same shape (weights drawn from --seed)")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="probe training epochs")
-    parser.add_argument("--batch", type=int, default=BATCH, help="clips per probe step (and per encoding batch)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="clips per probe step, over all processes (and "
+                                                                 "per encoding batch)")
     parser.add_argument("--lr", type=float, default=LR, help="peak AdamW learning rate of the probe")
     parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW weight decay of the probe")
     parser.add_argument("--heads", type=int, default=0, help="attention heads of the attentive probe "
@@ -469,7 +490,8 @@ def feature_mode(args: argparse.Namespace, need: int) -> str:
     return mode
 
 
-def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:
+def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device,
+             world: World) -> dict:
     """Train the classification probe on kept or streamed tokens; the record and what to print and draw."""
     label = tasks["train"].label
     pool = args.head == "linear"
@@ -478,8 +500,8 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
     sources, cached = {}, {}
     for split, task in tasks.items():
         if mode == "stream":
-            sources[split] = Streamed(encoder, task.data, label, batch=args.batch, device=device, workers=args.workers,
-                                      pool=pool)
+            sources[split] = Streamed(encoder, task.data, label, batch=max(1, args.batch // world.size), device=device,
+                                      workers=args.workers, pool=pool, world=world)
             continue
         if args.cache_dir:
             (tokens, labels), cached[split] = cached_encode(args.cache_dir, task.spec, encoder, task.data, (label,),
@@ -500,14 +522,15 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
     summary = (f"{label} probe ({args.head}{', random encoder' if args.random_init else ''}{views_note}): "
                f"top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f} (single view {result['view_top1']:.3f}, "
                f"train top-1 {result['train_top1']:.3f})")
-    if args.plot:
+    if args.plot and world.is_main:
         save_curves({"validation top-1": {"top-1": result["curve"]}, "training loss": {"cross-entropy":
                      result["train_loss"]}}, args.plot, f"{label} probe ({args.head}), {_encoder_name(args)}",
                     chance={"validation top-1": 1 / num_classes})
     return {"task": label, "classes": num_classes, **result, "features": mode, "cached": cached, "summary": summary}
 
 
-def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:
+def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device,
+          world: World) -> dict:
     """Encode both splits, train the tracking readout; the record and what to print and draw. With
     --plot, PLOT-boxes.png shows validation windows with true (green) and predicted (red) boxes."""
     features = {split: encode(encoder, task.data, TRACK_KEYS, args.batch, device, workers=args.workers)
@@ -526,7 +549,8 @@ def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
     return {"task": "track", **result, "summary": summary}
 
 
-def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device) -> dict:
+def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device,
+          world: World) -> dict:
     """Encode both splits, train the depth readout; the record and what to print and draw. With
     --plot, PLOT-depth.png shows validation windows' frames, true and predicted depth."""
     features = {split: encode(encoder, task.data, DEPTH_KEYS, args.batch, device, workers=args.workers)
@@ -602,7 +626,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--device cuda: no CUDA device is available")
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if args.device == "auto" else args.device))
-        log.info(configure_attention("auto", device))
+        world = init_distributed(device.type)
+        if device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+        log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
         encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
         frames = args.frames or encoder.grid[0]
         size = args.size or encoder.grid[1] * encoder.cfg.patch_size
@@ -611,6 +638,11 @@ def main(argv: list[str] | None = None) -> int:
         tasks = {split: load_task(spec, split, args, frames, size)
                  for split, spec in (("train", args.train_list), ("val", args.val_list))}
         _check_dense(args, tasks)
+        if world.size > 1 and (tasks["train"].label in DENSE or args.features == "memory"):
+            raise ValueError("several processes share a probe only in classification with streamed features "
+                             "(--features stream or auto)")
+        if world.size > 1:
+            args.features = "stream"
         if tasks["train"].label != tasks["val"].label:
             raise ValueError(f"--train-list labels {tasks['train'].label!r} but --val-list labels "
                              f"{tasks['val'].label!r}")
@@ -620,10 +652,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         run = {"track": track, "depth": depth}.get(tasks["train"].label, classify)
-        record = run(args, encoder, tasks, device)
+        record = run(args, encoder, tasks, device, world)
     except ValueError as e:  # a task with nothing to learn from, found once its clips were read
         print(f"ivn_fast.probe: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
+    if not world.is_main:
+        return 0
     summary = record.pop("summary")
     record.update({"seconds": round(time.perf_counter() - start, 1),
                    "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -228,3 +228,25 @@ def test_cli_streams_a_list_probe(tiny_checkpoint, tmp_path, capsys):
     assert record["features"] == "stream" and len(record["curve"]) == 2 and 0 <= record["top1"] <= 1
     assert probe_main(args + ["--head", "linear", "--cache-dir", str(tmp_path / "c")]) == 2
     assert "--features stream never does" in capsys.readouterr().err
+
+
+def test_two_processes_stream_the_probe_as_one_does(tiny_checkpoint, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def run(nproc: int) -> dict:
+        out = tmp_path / f"{nproc}.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "ivn_fast.probe", "--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:direction:24",
+               "--val-list", "synthetic:direction:12", "--epochs", "2", "--batch", "8", "--workers", "0",
+               "--features", "stream", "--lr", "1e-2", "--json", str(out)]
+        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return json.loads(out.read_text())
+
+    one, two = run(1), run(2)
+    assert two["curve"] == one["curve"] and two["top5"] == one["top5"]
+    torch.testing.assert_close(torch.tensor(two["train_loss"]), torch.tensor(one["train_loss"]), rtol=1e-3, atol=1e-4)
+    assert two["train_top1"] == one["train_top1"]
