@@ -192,16 +192,19 @@ class GroupedViews(Dataset):
 
 
 @torch.no_grad()
-def view_tokens(encoder: VideoEncoder, video: torch.Tensor, device: torch.device, *, pool: bool = False) -> torch.Tensor:
-    """Frozen float32 tokens [B, V, S, C] (on `device`) of clips [B, V, 3, T, H, W] or [B, 3, T, H, W]."""
+def view_tokens(encoder: VideoEncoder, video: torch.Tensor, device: torch.device, *, pool: bool = False,
+                amp: torch.dtype | None = None) -> torch.Tensor:
+    """Frozen float32 tokens [B, V, S, C] (on `device`) of clips [B, V, 3, T, H, W] or [B, 3, T, H, W];
+    the encoder runs under autocast to `amp` when given."""
     video = video if video.dim() == 6 else video[:, None]
-    out = encoder(video.flatten(0, 1).to(device, non_blocking=True)).tokens.float()
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        out = encoder(video.flatten(0, 1).to(device, non_blocking=True)).tokens.float()
     return (out.mean(1, keepdim=True) if pool else out).unflatten(0, video.shape[:2])
 
 
 @torch.no_grad()
 def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batch: int, device: torch.device, *,
-           pool: bool = False, workers: int = 0) -> Features:
+           pool: bool = False, workers: int = 0, amp: torch.dtype | None = None) -> Features:
     """Frozen tokens [N, V, S, C] (CPU, float32) of every view of every clip, and the labels. An
     item's video is [V, 3, T, H, W] (or one view, [3, T, H, W]); `pool` keeps only the mean over
     tokens (S = 1), all a linear probe reads. Box lists leave an unreadable window out (its
@@ -212,7 +215,7 @@ def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batc
     skips = SkipCounter(max_fraction=1.0, instead="a replacement clip is used" if replaced else "it is left out")
     for items in DataLoader(data, batch_size=batch, num_workers=workers):
         skips.update(items)
-        tokens.append(view_tokens(encoder, items["video"], device, pool=pool).cpu())
+        tokens.append(view_tokens(encoder, items["video"], device, pool=pool, amp=amp).cpu())
         for k in label_keys:
             labels[k].append(torch.as_tensor(items[k]))
     if skips.bad:
@@ -235,16 +238,18 @@ def encoder_digest(encoder: VideoEncoder) -> str:
 
 
 def cached_encode(cache_dir: Path, spec: dict, encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str],
-                  batch: int, device: torch.device, *, workers: int = 0) -> tuple[Features, bool]:
+                  batch: int, device: torch.device, *, workers: int = 0,
+                  amp: torch.dtype | None = None) -> tuple[Features, bool]:
     """Mean-pooled features from cache_dir when this encoder has seen this data (`spec` names
-    it), else encoded and stored (safetensors, written atomically); and whether it was a hit."""
-    key = hashlib.sha256(json.dumps({"encoder": encoder_digest(encoder), "labels": list(label_keys), **spec},
-                                    sort_keys=True).encode())
+    it) at this precision, else encoded and stored (safetensors, written atomically); and whether
+    it was a hit."""
+    key = hashlib.sha256(json.dumps({"encoder": encoder_digest(encoder), "labels": list(label_keys), **spec,
+                                     **({"amp": str(amp)} if amp else {})}, sort_keys=True).encode())
     path = Path(cache_dir) / f"{key.hexdigest()[:32]}.safetensors"
     if path.is_file():
         stored = load_file(str(path))
         return (stored["tokens"], {k: stored[f"label.{k}"] for k in label_keys}), True
-    tokens, labels = encode(encoder, data, label_keys, batch, device, pool=True, workers=workers)
+    tokens, labels = encode(encoder, data, label_keys, batch, device, pool=True, workers=workers, amp=amp)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp_{path.name}_{os.getpid()}")
     save_file({"tokens": tokens.contiguous(), **{f"label.{k}": v for k, v in labels.items()}}, str(tmp),
@@ -280,9 +285,9 @@ class Streamed:
     afresh, as a training run does, in a seeded permutation per epoch."""
 
     def __init__(self, encoder: VideoEncoder, data: Dataset, label: str, *, batch: int, device: torch.device,
-                 workers: int, pool: bool = False, world: World = World()):
+                 workers: int, pool: bool = False, world: World = World(), amp: torch.dtype | None = None):
         self.encoder, self.data, self.label, self.batch, self.device = encoder, data, label, batch, device
-        self.workers, self.pool, self.world = workers, pool, world
+        self.workers, self.pool, self.world, self.amp = workers, pool, world, amp
         self.skips = SkipCounter(max_fraction=1.0)  # logs each unreadable file once; never stops a probe
 
     def __len__(self) -> int:
@@ -298,7 +303,8 @@ class Streamed:
                             pin_memory=self.device.type == "cuda")
         for items in loader:
             self.skips.update(items)
-            yield view_tokens(self.encoder, items["video"], self.device, pool=self.pool), torch.as_tensor(items[self.label])
+            tokens = view_tokens(self.encoder, items["video"], self.device, pool=self.pool, amp=self.amp)
+            yield tokens, torch.as_tensor(items[self.label])
 
     def epochs(self, batch: int, seed: int) -> Batches:
         """Training epochs: one view per clip, [B, S, C] tokens and labels; with several processes each
@@ -416,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DataLoader processes that render or decode clips (0: in the main process)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe's initialisation and data order")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="the frozen encoder's forward: bf16 autocast (auto on a GPU) or float32 (auto on CPU); "
+                             "the probe head trains in float32 either way")
     parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
     parser.add_argument("--plot", type=Path, help="draw the probe curve here (PNG): validation top-1 (tracking: "
                                                   "mean IoU; depth: AbsRel and delta1) and training loss per "
@@ -501,13 +510,14 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
     for split, task in tasks.items():
         if mode == "stream":
             sources[split] = Streamed(encoder, task.data, label, batch=max(1, args.batch // world.size), device=device,
-                                      workers=args.workers, pool=pool, world=world)
+                                      workers=args.workers, pool=pool, world=world, amp=args.amp)
             continue
         if args.cache_dir:
             (tokens, labels), cached[split] = cached_encode(args.cache_dir, task.spec, encoder, task.data, (label,),
-                                                            args.batch, device, workers=args.workers)
+                                                            args.batch, device, workers=args.workers, amp=args.amp)
         else:
-            tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=pool, workers=args.workers)
+            tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=pool, workers=args.workers,
+                                    amp=args.amp)
         sources[split] = Kept(tokens, labels[label])
     if mode == "memory":
         unseen = sorted(set(sources["val"].labels.tolist()) - set(sources["train"].labels.tolist()))
@@ -533,7 +543,7 @@ def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
           world: World) -> dict:
     """Encode both splits, train the tracking readout; the record and what to print and draw. With
     --plot, PLOT-boxes.png shows validation windows with true (green) and predicted (red) boxes."""
-    features = {split: encode(encoder, task.data, TRACK_KEYS, args.batch, device, workers=args.workers)
+    features = {split: encode(encoder, task.data, TRACK_KEYS, args.batch, device, workers=args.workers, amp=args.amp)
                 for split, task in tasks.items()}
     result = train_tracker(features["train"], features["val"], num_heads=args.heads or encoder.cfg.num_heads,
                            epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
@@ -553,7 +563,7 @@ def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
           world: World) -> dict:
     """Encode both splits, train the depth readout; the record and what to print and draw. With
     --plot, PLOT-depth.png shows validation windows' frames, true and predicted depth."""
-    features = {split: encode(encoder, task.data, DEPTH_KEYS, args.batch, device, workers=args.workers)
+    features = {split: encode(encoder, task.data, DEPTH_KEYS, args.batch, device, workers=args.workers, amp=args.amp)
                 for split, task in tasks.items()}
     patch = encoder.cfg.patch_size
     frames, size = tasks["train"].spec["frames"], tasks["train"].spec["size"]
@@ -626,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--device cuda: no CUDA device is available")
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if args.device == "auto" else args.device))
+        args.amp = torch.bfloat16 if args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda") \
+            else None
         world = init_distributed(device.type)
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
@@ -662,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     summary = record.pop("summary")
     record.update({"seconds": round(time.perf_counter() - start, 1),
-                   "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                   "settings": {k: str(v) if isinstance(v, (Path, torch.dtype)) else v for k, v in vars(args).items()},
                    "clips": {split: len(t.data) for split, t in tasks.items()}, "frames": frames, "size": size,
                    "views": {"segments": args.segments, "crops": args.crops},
                    "data": {s: t.spec for s, t in tasks.items()}})

@@ -111,6 +111,9 @@ def test_cli_probes_a_checkpoint_and_its_random_twin(tiny_checkpoint, tmp_path, 
     assert record["settings"]["head"] == "attentive" and record["frames"] == 4
     assert probe_main(common + ["--random-init", "--head", "linear"]) == 0
     assert "random encoder" in capsys.readouterr().out
+    assert probe_main(common + ["--precision", "bf16", "--json", str(tmp_path / "bf16.json")]) == 0
+    bf16 = json.loads((tmp_path / "bf16.json").read_text())
+    assert bf16["settings"]["amp"] == "torch.bfloat16" and record["settings"]["amp"] is None
     assert probe_main(common[:2] + ["--train-list", "synthetic:shape", "--val-list", "synthetic:speed"]) == 2
     assert "labels" in capsys.readouterr().err
     assert probe_main(common + ["--epochs", "0"]) == 2
@@ -250,3 +253,17 @@ def test_two_processes_stream_the_probe_as_one_does(tiny_checkpoint, tmp_path):
     assert two["curve"] == one["curve"] and two["top5"] == one["top5"]
     torch.testing.assert_close(torch.tensor(two["train_loss"]), torch.tensor(one["train_loss"]), rtol=1e-3, atol=1e-4)
     assert two["train_top1"] == one["train_top1"]
+
+
+def test_bf16_encoding_gives_float32_tokens_close_to_float32_encoding(tiny_checkpoint):
+    from ivn_fast.export import load_encoder
+    from ivn_fast.probe import view_tokens
+
+    cpu = torch.device("cpu")
+    encoder = load_encoder(str(tiny_checkpoint), cpu)
+    video = SyntheticVideos(2, 4, 112, seed=0)[1]["video"][None]
+    full = view_tokens(encoder, video, cpu)
+    half = view_tokens(encoder, video, cpu, amp=torch.bfloat16)
+    assert half.dtype == torch.float32 and half.shape == full.shape == (1, 1, 4 + 4 * 64, 128)
+    assert not torch.equal(half, full)  # the encoder did run in bf16
+    assert torch.nn.functional.cosine_similarity(half.flatten(), full.flatten(), dim=0) > 0.99
