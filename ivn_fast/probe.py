@@ -480,6 +480,14 @@ def _check_dense(args: argparse.Namespace, tasks: dict[str, Task]) -> None:
                          "--segments, --crops and --head at their defaults")
 
 
+def task_labels(task: Task) -> list[int]:
+    """The labels a classification task's clips carry, read from its list or the synthetic set's plan."""
+    data = task.data.data if isinstance(task.data, GroupedViews) else task.data
+    if isinstance(data, VideoClips):
+        return data.videos.labels.tolist()
+    return [data.clips.labels(i)[task.label] for i in range(len(data))]
+
+
 def feature_bytes(encoder: VideoEncoder, tasks: dict[str, Task], frames: int, size: int, pool: bool) -> int:
     """What keeping every view's float32 tokens would take."""
     tokens = 1 if pool else encoder.cfg.num_cls + frames * (size // encoder.cfg.patch_size) ** 2
@@ -519,11 +527,10 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
             tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=pool, workers=args.workers,
                                     amp=args.amp)
         sources[split] = Kept(tokens, labels[label])
-    if mode == "memory":
-        unseen = sorted(set(sources["val"].labels.tolist()) - set(sources["train"].labels.tolist()))
-        if unseen:
-            log.warning("validation label(s) %s never occur in the training clips: the probe cannot learn them "
-                        "(do both lists use one label map?)", ", ".join(map(str, unseen)))
+    unseen = sorted(set(task_labels(tasks["val"])) - set(task_labels(tasks["train"])))
+    if unseen and world.is_main:
+        log.warning("validation label(s) %s never occur in the training clips: the probe cannot learn them "
+                    "(do both lists use one label map?)", ", ".join(map(str, unseen)))
     num_classes = max(t.num_classes for t in tasks.values())
     result = train_probe(sources["train"], sources["val"], head=args.head, num_classes=num_classes,
                          num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
