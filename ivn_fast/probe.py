@@ -478,6 +478,9 @@ def _check_dense(args: argparse.Namespace, tasks: dict[str, Task]) -> None:
     if kinds["train"] in DENSE and (args.segments * args.crops > 1 or args.head != "attentive"):
         raise ValueError(f"the {kinds['train']} probe reads one view per window with its own readout: leave "
                          "--segments, --crops and --head at their defaults")
+    if kinds["train"] in DENSE and args.features == "stream":
+        raise ValueError(f"the {kinds['train']} probe keeps its windows' tokens: --features stream is for "
+                         "classification")
 
 
 def task_labels(task: Task) -> list[int]:

@@ -149,6 +149,8 @@ def test_cli_tracks_synthetic_shapes(tiny_checkpoint, tmp_path, capsys):
     assert "a track task but --val-list a label task" in capsys.readouterr().err
     assert probe_main(args[:6] + ["--crops", "2"]) == 2
     assert "one view per window" in capsys.readouterr().err
+    assert probe_main(args[:6] + ["--features", "stream"]) == 2
+    assert "--features stream is for classification" in capsys.readouterr().err
 
 
 def test_cli_tracks_a_box_list_and_leaves_unreadable_windows_out(tiny_checkpoint, tmp_path, caplog, capsys):
