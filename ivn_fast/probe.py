@@ -309,12 +309,11 @@ class Streamed:
     def epochs(self, batch: int, seed: int) -> Batches:
         """Training epochs: one view per clip, [B, S, C] tokens and labels; with several processes each
         global batch of `batch` clips is split over them (a last batch too small to split is dropped)."""
-        g = torch.Generator().manual_seed(seed)
-        epoch = iter(range(1 << 62))
+        g = torch.Generator().manual_seed(seed)  # one generator across epochs, drawn in order: as `shuffled`
         rank, size = self.world.rank, self.world.size
 
-        def one() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            offset = next(epoch) * len(self)
+        def one(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            offset = epoch * len(self)
             keys = [k.tensor_split(size)[rank].tolist()
                     for k in (torch.randperm(len(self), generator=g) + offset).split(batch) if len(k) >= size]
             return ((tokens[:, 0], labels) for tokens, labels in self.batches(keys))
