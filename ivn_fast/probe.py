@@ -124,8 +124,9 @@ def synthetic_task(spec: str, split: str, *, frames: int, size: int, segments: i
 
 
 def list_task(spec: str, split: str, *, frames: int, size: int, segments: int, crops: int, root: str, sampling: str,
-              stride: int, seed: int) -> Task:
-    """Labelled video lists (a list spec as ivn_fast.data.lists reads it)."""
+              stride: int, seed: int, flip: bool = True) -> Task:
+    """Labelled video lists (a list spec as ivn_fast.data.lists reads it); `flip` off mirrors no
+    training clip (on, the lists' no-flip sources are still never mirrored)."""
     data_cfg = DataConfig()
     no_flip = tuple(s.strip() for s in data_cfg.no_flip_sources.split(","))
     try:
@@ -137,7 +138,8 @@ def list_task(spec: str, split: str, *, frames: int, size: int, segments: int, c
         raise ValueError(f"--{split}-list {spec!r}: {unlabelled} of {len(videos)} videos have no label")
     train = split == "train"
     clips = VideoClips(videos, num_frames=frames, size=size, sampling=sampling, stride=stride,
-                       min_frames=data_cfg.min_frames, seed=seed, train=train, segments=segments, crops=crops)
+                       min_frames=data_cfg.min_frames, flip=flip, seed=seed, train=train, segments=segments,
+                       crops=crops)
     files = [(p, w, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p, w in parse_spec(spec)]
     return Task(clips if train else GroupedViews(clips, segments * crops), "label", int(videos.labels.max()) + 1, {
         "data": "list", "lists": files, "root": root, "videos": len(videos), "frames": frames, "size": size,
@@ -443,14 +445,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--cache-dir keeps features, which --features stream never does")
 
 
-def load_task(spec: str, split: str, args: argparse.Namespace, frames: int, size: int) -> Task:
+def load_task(spec: str, split: str, args: argparse.Namespace, frames: int, size: int, flip: bool = True) -> Task:
     views = {"segments": args.segments, "crops": args.crops}
     if spec.split(":")[0] == "synthetic":
         return synthetic_task(spec, split, frames=frames, size=size, **views)
     if spec.endswith(".jsonl"):
         return window_task(spec, split, frames=frames, size=size, root=args.root)
     return list_task(spec, split, frames=frames, size=size, root=args.root, sampling=args.sampling,
-                     stride=args.stride, seed=args.seed, **views)
+                     stride=args.stride, seed=args.seed, flip=flip, **views)
 
 
 def window_task(spec: str, split: str, *, frames: int, size: int, root: str) -> Task:

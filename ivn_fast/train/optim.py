@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -13,19 +14,35 @@ from ivn_fast.config import OptimConfig
 _NO_DECAY_NAMES = ("pos_embed", "align_pos", "cls_token", "mask_token", "pos_table", "query")
 
 
+def _decays(name: str, p: nn.Parameter) -> bool:
+    return not (p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in _NO_DECAY_NAMES))
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in _NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        if p.requires_grad:
+            (decay if _decays(name, p) else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, num_layers: int,
+                       layer_of: Callable[[str], int]) -> list[dict]:
+    """param_groups split by depth for layer-wise learning-rate decay (BEiT's fine-tuning recipe):
+    a parameter in layer i (layer_of its name: 0 the embeddings, num_layers + 1 the head) learns at
+    decay ** (num_layers + 1 - i) times the rate, through its group's "lr_scale"."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer, decays = layer_of(name), _decays(name, p)
+        group = groups.setdefault((layer, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                                    "lr_scale": decay ** (num_layers + 1 - layer)})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
@@ -61,5 +78,5 @@ class LRSchedule:
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         lr = self(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr

@@ -1,0 +1,102 @@
+"""Fine-tuning: layer-wise decay, RandAugment, CutMix / Mixup, the epoch order, and the CLI with resume."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ivn_fast.data.mixing import mix, soft_targets
+from ivn_fast.data.randaug import OPS, _op, rand_augment
+from ivn_fast.finetune import epoch_keys, layer_of
+from ivn_fast.finetune import main as finetune_main
+from ivn_fast.train.distributed import World
+from ivn_fast.train.optim import layer_decay_groups
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.pos_embed = nn.Parameter(torch.zeros(3, 4))
+        self.encoder.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+        self.head = nn.Linear(4, 2)
+
+
+def test_layer_decay_scales_each_depth_and_keeps_no_decay_groups():
+    model = _Tiny()
+    groups = layer_decay_groups(model, 0.05, 0.5, 3, layer_of(3))
+    scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert scale[id(model.encoder.pos_embed)] == (0.5 ** 4, 0.0)
+    assert scale[id(model.encoder.blocks[0].weight)] == (0.5 ** 3, 0.05)
+    assert scale[id(model.encoder.blocks[2].bias)] == (0.5, 0.0)
+    assert scale[id(model.head.weight)] == (1.0, 0.05)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_rand_augment_treats_every_frame_alike_and_is_seeded():
+    g = torch.Generator().manual_seed(0)
+    frame = torch.rand(3, 1, 24, 32, generator=g)
+    clip = frame.expand(-1, 4, -1, -1).contiguous()
+    for name in OPS:
+        out = _op(name, clip.transpose(0, 1), 0.9, -1.0).transpose(0, 1)
+        assert out.shape == clip.shape and out.min() >= 0 and out.max() <= 1, name
+        assert (out - out[:, :1]).abs().max() < 1e-6, name  # one transform for the whole clip
+        assert not torch.allclose(out, clip, atol=1e-3), name  # it did something
+    a = rand_augment(clip, torch.Generator().manual_seed(5))
+    b = rand_augment(clip, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, rand_augment(clip, torch.Generator().manual_seed(6)))
+
+
+def test_cutmix_weights_targets_by_the_area_kept_and_mixup_blends():
+    video = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 3, 2, 10, 10).contiguous()
+    targets = soft_targets(torch.tensor([0, 1, 2, 3]), 5, 0.1)
+    assert torch.allclose(targets.sum(-1), torch.ones(4)) and targets[1, 1] == pytest.approx(0.92)
+    mixed, mixed_targets, lam = mix(video, targets, np.random.default_rng(3), cutmix=1.0)
+    kept = (mixed[0] == 0).float().mean().item()  # clip 0's own pixels; the pasted box comes from clip 3
+    assert lam == pytest.approx(kept) and 0 < lam < 1
+    assert torch.allclose(mixed_targets[0], lam * targets[0] + (1 - lam) * targets[3])
+    blended, _, lam = mix(video, targets, np.random.default_rng(3), mixup=0.8)
+    assert torch.allclose(blended[0], torch.full_like(blended[0], 3 * (1 - lam)))
+    assert mix(video, targets, np.random.default_rng(3))[2] == 1.0
+
+
+def test_epoch_keys_repeat_each_clip_and_split_batches_over_processes():
+    keys = epoch_keys(10, 1, batch=4, seed=0, repeats=2, world=World())
+    flat = [k for b in keys for k in b]
+    assert len(flat) == 10 and [len(b) for b in keys] == [4, 4, 2]
+    assert all(flat[i] % 10 == flat[i + 1] % 10 and flat[i] != flat[i + 1] for i in range(0, 10, 2))
+    assert {k // 10 for k in flat} == {2, 3}  # epoch 1's two passes: their own crops and augmentation
+    two = [epoch_keys(10, 1, batch=4, seed=0, repeats=2, world=World(rank=r, size=2)) for r in range(2)]
+    assert [a + b for a, b in zip(*two)] == keys
+    assert len(epoch_keys(9, 0, batch=4, seed=0, repeats=1, world=World(rank=0, size=2))) == 2  # 1 left: dropped
+
+
+def test_cli_fine_tunes_checkpoints_and_resumes_exactly(tiny_checkpoint, tmp_path, capsys):
+    args = ["--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:direction:16", "--val-list",
+            "synthetic:direction:8", "--epochs", "2", "--batch", "8", "--workers", "0", "--segments", "1",
+            "--crops", "1", "--warmup-epochs", "1", "--lr", "1e-3", "--mixup", "0.8"]
+    whole = tmp_path / "whole"
+    assert finetune_main(args + ["--output-dir", str(whole), "--plot"]) == 0
+    record = json.loads((whole / "finetune.json").read_text())
+    assert record["task"] == "direction" and record["classes"] == 8 and len(record["curve"]) == 2
+    assert all(math.isfinite(v) for v in record["train_loss"]) and 0 <= record["top1"] <= 1
+    assert [json.loads(line)["epoch"] for line in (whole / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert (whole / "curves.png").is_file() and "fine-tuned" in capsys.readouterr().out
+    # a run stopped after epoch 1 and resumed ends where the whole run did
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    (whole / "checkpoints" / "epoch_0001.pt").rename(cut / "checkpoints" / "epoch_0001.pt")
+    assert finetune_main(args + ["--output-dir", str(cut), "--resume"]) == 0
+    resumed = json.loads((cut / "finetune.json").read_text())
+    assert resumed["curve"] == record["curve"] and resumed["epochs_run"] == 1
+    assert resumed["train_loss"] == pytest.approx(record["train_loss"], rel=1e-5)
+    assert finetune_main(args + ["--output-dir", str(cut)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert finetune_main([*args[:-4], "--lr", "2e-3", "--output-dir", str(cut), "--resume"]) == 2
+    assert "lr 0.001 (now 0.002)" in capsys.readouterr().err
+    assert finetune_main(args + ["--output-dir", str(tmp_path / "d"), "--train-list", "synthetic:depth:8"]) == 2
+    assert "tracking and depth are probes" in capsys.readouterr().err
