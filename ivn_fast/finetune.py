@@ -25,7 +25,8 @@ Each epoch ends with the multi-view validation (top-1 / top-5 of the softmax ave
 segments x crops views) and a checkpoint in OUTPUT_DIR/checkpoints (written atomically; the two
 newest kept); `--resume` continues after the newest at the same data order, augmentation and
 learning rate. The data order, crops, augmentation and mixing are pure functions of (seed,
-epoch, step), whatever the number of processes. Outputs: train.log, metrics.jsonl (one line per
+epoch, step), whatever the number of processes; CutMix and Mixup pair the clips within each
+process's share of a batch. Outputs: train.log, metrics.jsonl (one line per
 epoch), finetune.json (the result and its settings) and, with --plot, the curves.
 """
 
@@ -58,7 +59,8 @@ from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.layers import DropPath
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.probe import Streamed, Task, evaluate, load_task, task_labels
-from ivn_fast.train.distributed import World, barrier, broadcast_object, init_distributed, shutdown
+from ivn_fast.train.distributed import (World, barrier, broadcast_object, init_distributed, mean_over_ranks,
+                                        shutdown)
 from ivn_fast.train.optim import LRSchedule, layer_decay_groups
 from ivn_fast.viz import save_curves
 
@@ -317,15 +319,16 @@ def train(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
         return history["scores"][-1]["top1"]
 
     def after_epoch(epoch: int, curve: list[float], losses: list[float]) -> None:
+        loss = mean_over_ranks(torch.tensor(losses[-1], device=device)).item()  # each process saw its share
         history["curve"].append(curve[-1])
-        history["train_loss"].append(losses[-1])
+        history["train_loss"].append(loss)
         if world.is_main:
             scores = history["scores"][-1]
-            line = {"epoch": epoch + 1, "loss": losses[-1], **scores}
+            line = {"epoch": epoch + 1, "loss": loss, **scores}
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
             log.info("epoch %d/%d | loss %.4f | val top-1 %.4f top-5 %.4f (single view %.4f)", epoch + 1, args.epochs,
-                     losses[-1], scores["top1"], scores["top5"], scores["view_top1"])
+                     loss, scores["top1"], scores["top5"], scores["view_top1"])
             save_checkpoint(out, epoch, model, opt, {"settings": settings(args), **history})
         barrier()
 

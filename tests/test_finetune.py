@@ -100,3 +100,25 @@ def test_cli_fine_tunes_checkpoints_and_resumes_exactly(tiny_checkpoint, tmp_pat
     assert "lr 0.001 (now 0.002)" in capsys.readouterr().err
     assert finetune_main(args + ["--output-dir", str(tmp_path / "d"), "--train-list", "synthetic:depth:8"]) == 2
     assert "tracking and depth are probes" in capsys.readouterr().err
+
+
+def test_two_processes_fine_tune_as_one_does(tiny_checkpoint, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def run(nproc: int) -> dict:
+        out = tmp_path / str(nproc)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "ivn_fast.finetune", "--checkpoint", str(tiny_checkpoint), "--train-list",
+               "synthetic:direction:16", "--val-list", "synthetic:direction:8", "--epochs", "2", "--batch", "8",
+               "--workers", "0", "--segments", "1", "--crops", "1", "--drop-path", "0", "--cutmix", "0", "--lr", "1e-3",
+               "--output-dir", str(out)]
+        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return json.loads((out / "finetune.json").read_text())
+
+    one, two = run(1), run(2)
+    assert two["curve"] == one["curve"] and two["top5"] == one["top5"]
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
