@@ -16,8 +16,8 @@ the attentive probe's block) and trains whole, with the recipe of `--recipe`:
 | coin     | 2e-4                | 20     | yes  | 4 x 3      |
 
 and for all: AdamW (weight decay 0.05, betas 0.9 / 0.999), 5 warmup epochs then a cosine,
-layer-wise learning-rate decay 0.75 (12 blocks or fewer) or 0.85 (deeper), drop-path 0.1, label
-smoothing 0.1, CutMix 1.0, RandAugment (2 operations, magnitude 9, std 0.5) on top of the
+layer-wise learning-rate decay 0.75 (12 blocks or fewer) or 0.85 (deeper), label smoothing 0.1,
+drop-path 0.1 (ours: the paper's table leaves it out), CutMix 1.0, RandAugment (2 operations, magnitude 9, std 0.5) on top of the
 multi-scale crop, and repeated augmentation 2 (each clip twice per epoch, cropped and augmented
 differently, the epoch kept at one pass's length). Every value can be overridden.
 
