@@ -58,9 +58,9 @@ from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.layers import DropPath
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
-from ivn_fast.probe import Streamed, Task, evaluate, load_task, task_labels
-from ivn_fast.train.distributed import (World, barrier, broadcast_object, init_distributed, mean_over_ranks,
-                                        shutdown)
+from ivn_fast.probe import (Streamed, Task, add_clip_options, add_device_options, evaluate, load_tasks,
+                            start_processes, task_labels)
+from ivn_fast.train.distributed import World, barrier, broadcast_object, mean_over_ranks, shutdown
 from ivn_fast.train.optim import LRSchedule, layer_decay_groups
 from ivn_fast.viz import save_curves
 
@@ -186,17 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mirror training clips at random (the lists' no-flip sources never are)")
     parser.add_argument("--segments", type=int, help="temporal test views per clip (default: the recipe's)")
     parser.add_argument("--crops", type=int, help="spatial test views per segment (default: the recipe's)")
-    parser.add_argument("--frames", type=int, default=0, help="frames per clip (0: the encoder's training clip)")
-    parser.add_argument("--size", type=int, default=0, help="clip side in pixels (0: the encoder's training clip)")
-    parser.add_argument("--root", default="", help="prefix joined onto relative paths in the video lists")
-    parser.add_argument("--sampling", default=DataConfig().sampling, choices=("sparse", "dense"),
-                        help="frames of a list clip: one per equal segment of the video, or --stride apart")
-    parser.add_argument("--stride", type=int, default=DataConfig().stride, help="frame step of dense sampling")
+    add_clip_options(parser)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader processes per GPU that decode clips")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head, the data order and the augmentation")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                        help="bf16 autocast (auto on a GPU) or float32 (auto on CPU)")
+    add_device_options(parser, "the whole model's forward and backward; the loss in float32")
     parser.add_argument("--log-every", type=int, default=50, help="a log line every N steps")
     parser.add_argument("--plot", action="store_true", help="draw OUTPUT_DIR/curves.png: validation top-1 and "
                                                             "training loss per epoch")
@@ -358,15 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     world = World()
     try:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              ("cpu" if args.device == "auto" else args.device))
-        args.amp = torch.bfloat16 if args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda") \
-            else None
-        world = init_distributed(device.type)
-        if device.type == "cuda":
-            device = torch.device("cuda", world.local_rank)
+        device, world = start_processes(args)
         _setup_logging(world, args.output_dir)
         if not args.resume and _checkpoints(args.output_dir):
             raise ValueError(f"{args.output_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
@@ -374,18 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
         encoder = load_encoder(args.checkpoint, device)
         resolve(args, encoder)
-        frames = args.frames or encoder.grid[0]
-        size = args.size or encoder.grid[1] * encoder.cfg.patch_size
-        if size % encoder.cfg.patch_size:
-            raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
-        tasks = {split: load_task(spec, split, args, frames, size, flip=args.flip)
-                 for split, spec in (("train", args.train_list), ("val", args.val_list))}
+        tasks, frames, size = load_tasks(args, encoder, flip=args.flip)
         for split, task in tasks.items():
             if task.num_classes == 0:
                 raise ValueError(f"--{split}-list: fine-tuning classifies clips; tracking and depth are probes")
-        if tasks["train"].label != tasks["val"].label:
-            raise ValueError(f"--train-list labels {tasks['train'].label!r} but --val-list labels "
-                             f"{tasks['val'].label!r}")
         unseen = sorted(set(task_labels(tasks["val"])) - set(task_labels(tasks["train"])))
         if unseen:
             log.warning("validation label(s) %s never occur in the training clips", ", ".join(map(str, unseen)))

@@ -383,6 +383,23 @@ def train_probe(train: Kept | Streamed, val: Kept | Streamed, *, head: str, num_
     return {"curve": curve, "train_loss": losses, **evaluate(probe, val, batch, device), "train_top1": train_top1}
 
 
+def add_clip_options(parser: argparse.ArgumentParser) -> None:
+    """The clip shape and how list videos are read: shared by the probe and fine-tuning."""
+    parser.add_argument("--frames", type=int, default=0, help="frames per view (0: the encoder's training clip)")
+    parser.add_argument("--size", type=int, default=0, help="view side in pixels (0: the encoder's training clip)")
+    parser.add_argument("--root", default="", help="prefix joined onto relative paths in the video lists")
+    parser.add_argument("--sampling", default=DataConfig().sampling, choices=("sparse", "dense"),
+                        help="frames of a list clip: one per equal segment of the video, or --stride apart")
+    parser.add_argument("--stride", type=int, default=DataConfig().stride, help="frame step of dense sampling")
+
+
+def add_device_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--device and --precision, read by start_processes."""
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help=f"bf16 autocast (auto on a GPU) or float32 (auto on CPU): {what}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ivn_fast.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -407,12 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(0: the encoder's)")
     parser.add_argument("--segments", type=int, default=1, help="temporal segments per clip at test time")
     parser.add_argument("--crops", type=int, default=1, help="spatial crops per segment at test time")
-    parser.add_argument("--frames", type=int, default=0, help="frames per view (0: the encoder's training clip)")
-    parser.add_argument("--size", type=int, default=0, help="view side in pixels (0: the encoder's training clip)")
-    parser.add_argument("--root", default="", help="prefix joined onto relative paths in the video lists")
-    parser.add_argument("--sampling", default=DataConfig().sampling, choices=("sparse", "dense"),
-                        help="frames of a list clip: one per equal segment of the video, or --stride apart")
-    parser.add_argument("--stride", type=int, default=DataConfig().stride, help="frame step of dense sampling")
+    add_clip_options(parser)
     parser.add_argument("--features", default="auto", choices=("auto", "memory", "stream"),
                         help="classification: encode every view once and keep the tokens (memory: fast, one fixed "
                              "training view per clip), or encode clips as they are read (stream: each epoch "
@@ -422,10 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1,
                         help="DataLoader processes that render or decode clips (0: in the main process)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe's initialisation and data order")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                        help="the frozen encoder's forward: bf16 autocast (auto on a GPU) or float32 (auto on CPU); "
-                             "the probe head trains in float32 either way")
+    add_device_options(parser, "the frozen encoder's forward; the probe head trains in float32 either way")
     parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
     parser.add_argument("--plot", type=Path, help="draw the probe curve here (PNG): validation top-1 (tracking: "
                                                   "mean IoU; depth: AbsRel and delta1) and training loss per "
@@ -637,38 +646,50 @@ def _encoder_name(args: argparse.Namespace) -> str:
     return "random encoder" if args.random_init else str(args.checkpoint)
 
 
+def start_processes(args: argparse.Namespace) -> tuple[torch.device, World]:
+    """This process's device and place among torchrun's processes, from --device; sets args.amp
+    (the encoder's autocast dtype, from --precision)."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    args.amp = torch.bfloat16 if args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda") \
+        else None
+    world = init_distributed(device.type)
+    return (torch.device("cuda", world.local_rank) if device.type == "cuda" else device), world
+
+
+def load_tasks(args: argparse.Namespace, encoder: VideoEncoder, flip: bool = True) -> tuple[dict[str, Task], int, int]:
+    """The training and validation tasks of --train-list / --val-list, at the clip shape of --frames
+    and --size (0: the encoder's own); their labels must be the same kind."""
+    frames = args.frames or encoder.grid[0]
+    size = args.size or encoder.grid[1] * encoder.cfg.patch_size
+    if size % encoder.cfg.patch_size:
+        raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
+    tasks = {split: load_task(spec, split, args, frames, size, flip=flip)
+             for split, spec in (("train", args.train_list), ("val", args.val_list))}
+    if tasks["train"].label != tasks["val"].label:
+        raise ValueError(f"--train-list labels {tasks['train'].label!r} but --val-list labels "
+                         f"{tasks['val'].label!r}")
+    return tasks, frames, size
+
+
 def main(argv: list[str] | None = None) -> int:
     from ivn_fast.export import load_encoder
 
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              ("cpu" if args.device == "auto" else args.device))
-        args.amp = torch.bfloat16 if args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda") \
-            else None
-        world = init_distributed(device.type)
-        if device.type == "cuda":
-            device = torch.device("cuda", world.local_rank)
+        device, world = start_processes(args)
         log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
         encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
-        frames = args.frames or encoder.grid[0]
-        size = args.size or encoder.grid[1] * encoder.cfg.patch_size
-        if size % encoder.cfg.patch_size:
-            raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
-        tasks = {split: load_task(spec, split, args, frames, size)
-                 for split, spec in (("train", args.train_list), ("val", args.val_list))}
+        tasks, frames, size = load_tasks(args, encoder)
         _check_dense(args, tasks)
         if world.size > 1 and (tasks["train"].label in DENSE or args.features == "memory"):
             raise ValueError("several processes share a probe only in classification with streamed features "
                              "(--features stream or auto)")
         if world.size > 1:
             args.features = "stream"
-        if tasks["train"].label != tasks["val"].label:
-            raise ValueError(f"--train-list labels {tasks['train'].label!r} but --val-list labels "
-                             f"{tasks['val'].label!r}")
     except (ValueError, FileNotFoundError) as e:
         print(f"ivn_fast.probe: error: {e}", file=sys.stderr)
         return 2

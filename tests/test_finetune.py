@@ -98,7 +98,8 @@ def test_cli_fine_tunes_checkpoints_and_resumes_exactly(tiny_checkpoint, tmp_pat
     assert "pass --resume" in capsys.readouterr().err
     assert finetune_main([*args[:-4], "--lr", "2e-3", "--output-dir", str(cut), "--resume"]) == 2
     assert "lr 0.001 (now 0.002)" in capsys.readouterr().err
-    assert finetune_main(args + ["--output-dir", str(tmp_path / "d"), "--train-list", "synthetic:depth:8"]) == 2
+    assert finetune_main(args + ["--output-dir", str(tmp_path / "d"), "--train-list", "synthetic:depth:8",
+                                "--val-list", "synthetic:depth:8"]) == 2
     assert "tracking and depth are probes" in capsys.readouterr().err
 
 
