@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ivn_fast.train.distributed import all_finite
+
 log = logging.getLogger("ivn_fast")
 
 Batches = Callable[[int], Iterable[Sequence[torch.Tensor]]]  # epoch -> that epoch's batches
@@ -41,9 +43,10 @@ def fit(model: nn.Module, batches: Batches, steps_per_epoch: int, loss_fn: Calla
         log_every: int = 0) -> tuple[list[float], list[float]]:
     """Train `model` over epochs start_epoch .. epochs-1; loss_fn(model, *batch) with the batch on the
     device. The optimiser defaults to AdamW over every parameter, the schedule (the learning rate
-    at each step, times a group's "lr_scale") to a cosine from lr to 0. after_epoch(epoch, curve,
-    losses) runs after each epoch (a checkpoint). Returns the validation curve (score_fn after
-    each epoch run) and each epoch's mean training loss (per sample)."""
+    at each step, times a group's "lr_scale") to a cosine from lr to 0. A step whose loss is not
+    finite is skipped and logged. after_epoch(epoch, curve, losses) runs after each epoch (a
+    checkpoint). Returns the validation curve (score_fn after each epoch run) and each epoch's mean
+    training loss (per sample, over the steps taken)."""
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = schedule or cosine(lr, epochs * steps_per_epoch)
     curve, losses = [], []
@@ -56,10 +59,13 @@ def fit(model: nn.Module, batches: Batches, steps_per_epoch: int, loss_fn: Calla
             for group in opt.param_groups:
                 group["lr"] = rate * group.get("lr_scale", 1.0)
             loss = loss_fn(model, *(r.to(device, non_blocking=True) for r in rows))
+            step += 1
+            if not all_finite(loss):  # on any process: every process skips it, so none waits on the others
+                log.warning("step %d (epoch %d): the loss is not finite; the step is skipped", step, epoch + 1)
+                continue
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step += 1
             total += loss.detach() * len(rows[0])
             count += len(rows[0])
             if log_every and step % log_every == 0:

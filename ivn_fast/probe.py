@@ -482,15 +482,12 @@ def window_task(spec: str, split: str, *, frames: int, size: int, root: str) -> 
 
 
 def _check_dense(args: argparse.Namespace, tasks: dict[str, Task]) -> None:
-    kinds = {split: t.label if t.label in DENSE else "label" for split, t in tasks.items()}
-    if kinds["train"] != kinds["val"]:
-        raise ValueError(f"--train-list is a {kinds['train']} task but --val-list a {kinds['val']} task")
-    if kinds["train"] in DENSE and (args.segments * args.crops > 1 or args.head != "attentive"):
-        raise ValueError(f"the {kinds['train']} probe reads one view per window with its own readout: leave "
-                         "--segments, --crops and --head at their defaults")
-    if kinds["train"] in DENSE and args.features == "stream":
-        raise ValueError(f"the {kinds['train']} probe keeps its windows' tokens: --features stream is for "
-                         "classification")
+    kind = tasks["train"].label
+    if kind in DENSE and (args.segments * args.crops > 1 or args.head != "attentive"):
+        raise ValueError(f"the {kind} probe reads one view per window with its own readout: leave --segments, "
+                         "--crops and --head at their defaults")
+    if kind in DENSE and args.features == "stream":
+        raise ValueError(f"the {kind} probe keeps its windows' tokens: --features stream is for classification")
 
 
 def task_labels(task: Task) -> list[int]:

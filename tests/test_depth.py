@@ -131,4 +131,4 @@ def test_cli_depth_on_synthetic_clips_and_a_depth_list(tiny_checkpoint, tmp_path
     assert probe_main(listed[:4] + ["--val-list", str(tmp_path / "other.jsonl")]) == 2
     assert "needs 'boxes' (tracking) or 'depths' (depth)" in capsys.readouterr().err
     assert probe_main(listed[:4] + ["--val-list", "synthetic:track:8"]) == 2
-    assert "a depth task but --val-list a track task" in capsys.readouterr().err
+    assert "--train-list labels 'depth' but --val-list labels 'track'" in capsys.readouterr().err

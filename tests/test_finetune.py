@@ -123,3 +123,24 @@ def test_two_processes_fine_tune_as_one_does(tiny_checkpoint, tmp_path):
     one, two = run(1), run(2)
     assert two["curve"] == one["curve"] and two["top5"] == one["top5"]
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped(caplog):
+    import logging
+
+    from ivn_fast.fit import fit
+
+    model = nn.Linear(2, 1)
+    before = model.weight.detach().clone()
+    calls = []
+
+    def loss_fn(m, x):
+        calls.append(len(calls))
+        loss = m(x).pow(2).mean()
+        return loss * float("nan") if len(calls) == 1 else loss * 0.0  # only the first step would move it
+
+    with caplog.at_level(logging.WARNING, logger="ivn_fast"):
+        curve, losses = fit(model, lambda epoch: [(torch.ones(4, 2),), (torch.ones(4, 2),)], 2, loss_fn,
+                            lambda m: 0.0, epochs=1, lr=0.1, weight_decay=0.0, device=torch.device("cpu"))
+    assert len(calls) == 2 and torch.equal(model.weight, before) and losses == [0.0]
+    assert "step 1 (epoch 1): the loss is not finite; the step is skipped" in caplog.text

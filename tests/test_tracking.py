@@ -146,7 +146,7 @@ def test_cli_tracks_synthetic_shapes(tiny_checkpoint, tmp_path, capsys):
     colours = {c for _, c in boxes.getcolors(1 << 20)}
     assert (40, 200, 60) in colours and (230, 40, 40) in colours  # true and predicted boxes drawn
     assert probe_main(args[:4] + ["--val-list", "synthetic:shape:8"]) == 2
-    assert "a track task but --val-list a label task" in capsys.readouterr().err
+    assert "--train-list labels 'track' but --val-list labels 'shape'" in capsys.readouterr().err
     assert probe_main(args[:6] + ["--crops", "2"]) == 2
     assert "one view per window" in capsys.readouterr().err
     assert probe_main(args[:6] + ["--features", "stream"]) == 2
