@@ -74,7 +74,7 @@ RECIPES = {
 LR_BATCH = 1024  # the recipes' learning rates are for this many clips a step, scaled linearly
 MIN_LR = 1e-6
 # settings a resumed run must share with the run that wrote its checkpoint
-RESUME_KEYS = ("checkpoint", "train_list", "val_list", "root", "head", "frames", "size", "batch", "seed", "lr",
+RESUME_KEYS = ("checkpoint", "random_init", "train_list", "val_list", "root", "head", "frames", "size", "batch", "seed", "lr",
                "epochs", "warmup_epochs", "layer_decay", "weight_decay", "drop_path", "label_smoothing", "cutmix",
                "mixup", "randaug_ops", "randaug_magnitude", "randaug_std", "repeated_aug", "flip", "sampling",
                "stride")
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training clips: video lists ('path label' per line; any format of ivn_fast.data.lists) "
                              "or synthetic:LABEL[:CLIPS]")
     parser.add_argument("--val-list", required=True, help="validation clips, as --train-list")
+    parser.add_argument("--random-init", action="store_true",
+                        help="train an encoder of the same shape from random weights (drawn from --seed): the "
+                             "baseline pretraining is read against")
     parser.add_argument("--recipe", default="kinetics", choices=tuple(RECIPES),
                         help="the paper's settings for Kinetics, Something-Something V2 or COIN (the table above)")
     parser.add_argument("--head", default="linear", choices=PROBE_KINDS,
@@ -357,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.output_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
                              "or another --output-dir")
         log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
-        encoder = load_encoder(args.checkpoint, device)
+        encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
         resolve(args, encoder)
         tasks, frames, size = load_tasks(args, encoder, flip=args.flip)
         for split, task in tasks.items():
