@@ -332,8 +332,6 @@ def train(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
     fit(trained, batches, per_epoch, loss_fn, score, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
         device=device, optimizer=opt, schedule=schedule, start_epoch=start, after_epoch=after_epoch,
         log_every=args.log_every if world.is_main else 0)
-    if not history["scores"]:
-        raise ValueError(f"--resume: the run in {out} had already finished its {args.epochs} epochs")
     return {"task": label, "classes": num_classes, **history["scores"][-1], "curve": history["curve"],
             "train_loss": history["train_loss"], "epochs_run": args.epochs - start,
             "seconds": round(time.perf_counter() - start_time, 1)}
