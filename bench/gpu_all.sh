@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a fresh GPU machine with torch and triton installed:
 #   bench/gpu_all.sh [kernels] [kernel-tests] [tune-tokens] [profile-tokens] [attention] [train] [report-ablation]
-#                    [report-ac] [report-bf16-decoder] [report-final] [bench]
+#                    [report-ac] [report-bf16-decoder] [report-final] [bench] [eval]
 #   (default: all but kernel-tests, which kernels includes, tune-tokens, profile-tokens and attention)
 # attention: every installed backend against float64, then the table auto follows (install xformers
 # or FlashAttention first to have them timed).
@@ -12,7 +12,7 @@ OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(kernels train report-ablation report-ac report-bf16-decoder report-final bench)
+parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(kernels train report-ablation report-ac report-bf16-decoder report-final bench eval)
 python - <<'PY' | tee "$OUT/device.txt"
 import torch, triton, platform
 print(torch.cuda.get_device_name(), "| torch", torch.__version__, "| triton", triton.__version__, "| python",
@@ -54,6 +54,7 @@ for part in "${parts[@]}"; do
                     2>&1 | tee "$OUT/report-final.log" && python -m bench.report --rows b32-stage2 --batch 8 \
                     --json "$OUT/report-stage2.json" 2>&1 | tee "$OUT/report-stage2.log" ;;
     bench) python -m pytest bench --benchmark-only -q 2>&1 | tail -60 | tee "$OUT/bench.log" ;;
+    eval) python -m bench.eval_speed --json "$OUT/eval-speed.json" 2>&1 | tee "$OUT/eval-speed.log" ;;
     *) echo "unknown part $part"; status=2 ;;
   esac
   [ "${PIPESTATUS[0]}" -ne 0 ] && status=1

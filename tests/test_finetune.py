@@ -144,3 +144,14 @@ def test_a_step_with_a_non_finite_loss_is_skipped(caplog):
                             lambda m: 0.0, epochs=1, lr=0.1, weight_decay=0.0, device=torch.device("cpu"))
     assert len(calls) == 2 and torch.equal(model.weight, before) and losses == [0.0]
     assert "step 1 (epoch 1): the loss is not finite; the step is skipped" in caplog.text
+
+
+def test_eval_speed_cpu_smoke(tmp_path, capsys):
+    from bench.eval_speed import main as eval_speed
+
+    assert eval_speed(["--cpu-smoke", "--json", str(tmp_path / "e.json")]) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert [r["path"] for r in rows] == ["encode fp32", "encode bf16", "fine-tune step bf16"]
+    assert all(r["clips_per_s"] > 0 and r["flops"] > 0 for r in rows)
+    assert rows[2]["flops"] > 2.5 * rows[0]["flops"]  # forward and backward of the same encoder
+    assert "fine-tune step bf16" in capsys.readouterr().out
