@@ -28,7 +28,7 @@ from ivn_fast.config import EncoderConfig, build_config
 from ivn_fast.finetune import Classifier, layer_of
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import build_probe
-from ivn_fast.probe import view_tokens
+from ivn_fast.features import view_tokens
 from ivn_fast.train.optim import layer_decay_groups
 
 NUM_CLASSES = 400

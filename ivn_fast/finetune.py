@@ -53,13 +53,14 @@ from ivn_fast.data.health import SkipCounter, TooManyBadSamples
 from ivn_fast.data.mixing import mix, soft_targets
 from ivn_fast.data.randaug import rand_augment
 from ivn_fast.data.transforms import denormalize, normalize
+from ivn_fast.features import Streamed
 from ivn_fast.fit import fit
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.layers import DropPath
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
-from ivn_fast.probe import (Streamed, Task, add_clip_options, add_device_options, evaluate, load_tasks,
-                            start_processes, task_labels)
+from ivn_fast.probe import (Task, add_clip_options, add_device_options, evaluate, load_tasks, start_processes,
+                            task_labels)
 from ivn_fast.train.distributed import World, barrier, broadcast_object, mean_over_ranks, shutdown
 from ivn_fast.train.optim import LRSchedule, layer_decay_groups
 from ivn_fast.viz import save_curves

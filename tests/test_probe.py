@@ -10,7 +10,8 @@ from torch import nn
 
 from ivn_fast.data.synthetic import SyntheticVideos
 from ivn_fast.models.probe import AttentiveProbe, LinearProbe, build_probe
-from ivn_fast.probe import Kept, SyntheticViews, evaluate, synthetic_task, topk_accuracy, train_probe
+from ivn_fast.features import Kept
+from ivn_fast.probe import SyntheticViews, evaluate, synthetic_task, topk_accuracy, train_probe
 from ivn_fast.probe import main as probe_main
 from video_helpers import write_video
 
@@ -178,7 +179,7 @@ def test_streamed_probe_trains_as_the_kept_one_on_the_same_clips(tiny_checkpoint
     # one view per clip and clips that do not change between epochs: streaming reads the same tokens in
     # the same seeded order as the kept path, so both train the same probe
     from ivn_fast.export import load_encoder
-    from ivn_fast.probe import Streamed, encode
+    from ivn_fast.features import Streamed, encode
 
     cpu = torch.device("cpu")
     encoder = load_encoder(str(tiny_checkpoint), cpu)
@@ -257,7 +258,7 @@ def test_two_processes_stream_the_probe_as_one_does(tiny_checkpoint, tmp_path):
 
 def test_bf16_encoding_gives_float32_tokens_close_to_float32_encoding(tiny_checkpoint):
     from ivn_fast.export import load_encoder
-    from ivn_fast.probe import view_tokens
+    from ivn_fast.features import view_tokens
 
     cpu = torch.device("cpu")
     encoder = load_encoder(str(tiny_checkpoint), cpu)

@@ -38,9 +38,10 @@ from PIL import Image, ImageDraw, ImageFont
 from ivn_fast.config import build_config, validate
 from ivn_fast.data.synthetic import LABELS
 from ivn_fast.export import load_encoder
+from ivn_fast.features import Kept, encode
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
-from ivn_fast.probe import BATCH, LR, SEEDS, WEIGHT_DECAY, Kept, SyntheticViews, encode, train_probe
+from ivn_fast.probe import BATCH, LR, SEEDS, WEIGHT_DECAY, SyntheticViews, train_probe
 from ivn_fast.train.checkpoint import checkpoint_dir, latest_checkpoint
 from ivn_fast.train.distributed import World
 from ivn_fast.train.trainer import Trainer, resolve_device
