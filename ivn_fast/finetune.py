@@ -57,7 +57,6 @@ from ivn_fast.features import Streamed
 from ivn_fast.fit import fit
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
-from ivn_fast.models.layers import DropPath
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.probe import (Task, add_clip_options, add_device_options, evaluate, load_tasks, start_processes,
                             task_labels)
@@ -90,17 +89,6 @@ class Classifier(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(video).tokens)
-
-
-def set_drop_path(encoder: VideoEncoder, rate: float) -> None:
-    """Stochastic depth rising linearly from 0 at the first block to `rate` at the last."""
-    depth = len(encoder.blocks)
-    for i, block in enumerate(encoder.blocks):
-        r = rate * i / max(1, depth - 1)
-        for m in block.modules():
-            if isinstance(m, DropPath):
-                m.active = r > 0
-                m.keep.fill_(1.0 - r)
 
 
 def layer_of(num_blocks: int) -> Callable[[str], int]:
@@ -268,7 +256,7 @@ def train(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
     with torch.no_grad():  # a small head start, as the BEiT recipe scales it, so early steps do not upset the encoder
         head.head.weight.mul_(0.001)
         head.head.bias.zero_()
-    set_drop_path(encoder, args.drop_path)
+    encoder.set_drop_path(args.drop_path)
     model = Classifier(encoder, head).to(device)
     groups = layer_decay_groups(model, args.weight_decay, args.layer_decay, len(encoder.blocks),
                                 layer_of(len(encoder.blocks)))

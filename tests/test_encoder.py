@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ivn_fast.config import EncoderConfig
@@ -117,3 +118,13 @@ def test_gather_merge_complement():
     assert torch.equal(m[0, 4], g[0, 1] + pos[4]) and torch.equal(m[0, 5], mt + pos[5])
     comp = masked_complement(idx, 10)
     assert comp.tolist() == [[0, 2, 3, 5, 6, 8, 9], [1, 3, 4, 5, 6, 7, 8]]
+
+
+def test_drop_path_ramps_from_zero_to_the_rate_and_can_be_reset():
+    enc = VideoEncoder(EncoderConfig(embed_dim=32, depth=3, num_heads=2, drop_path=0.2), (2, 2, 2))
+    assert [b.drop_path.keep.item() for b in enc.blocks] == pytest.approx([1.0, 0.9, 0.8])
+    assert [b.drop_path.active for b in enc.blocks] == [False, True, True]
+    enc.set_drop_path(0.0)  # what fine-tuning does with --drop-path 0
+    assert not any(b.drop_path.active for b in enc.blocks)
+    enc.set_drop_path(0.4)
+    assert [b.drop_path.keep.item() for b in enc.blocks] == pytest.approx([1.0, 0.8, 0.6])

@@ -54,13 +54,19 @@ class VideoEncoder(nn.Module):
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, cfg.num_cls, cfg.embed_dim))
         self.pos_embed = nn.Parameter(sincos_3d(cfg.embed_dim, *grid, num_cls=cfg.num_cls))
-        rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qk_norm=cfg.qk_norm,
-                  layerscale=cfg.layerscale or None, drop_path=r)
-            for r in rates
+                  layerscale=cfg.layerscale or None, drop_path=0.0)
+            for _ in range(cfg.depth)
         )
+        self.set_drop_path(cfg.drop_path)
         self.reset_parameters()
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 at the first block to `rate` at the last (fine-tuning
+        sets its own rate on a loaded encoder)."""
+        for i, blk in enumerate(self.blocks):
+            blk.drop_path.set_rate(rate * i / max(1, len(self.blocks) - 1))
 
     def reset_parameters(self) -> None:
         """Truncated-normal linears, then each block's output projections scaled by 1/sqrt(2*depth_i)."""

@@ -39,8 +39,12 @@ class DropPath(nn.Module):
     def __init__(self, p: float):
         super().__init__()
         # the rate lives in a tensor, so blocks of different rates share one compiled graph
+        self.register_buffer("keep", torch.tensor(1.0), persistent=False)
+        self.set_rate(p)
+
+    def set_rate(self, p: float) -> None:
         self.active = p > 0.0
-        self.register_buffer("keep", torch.tensor(1.0 - p), persistent=False)
+        self.keep.fill_(1.0 - p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.active and self.training):
