@@ -61,6 +61,7 @@ from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.probe import (Task, add_clip_options, add_device_options, evaluate, load_tasks, start_processes,
                             task_labels)
 from ivn_fast.train.distributed import World, barrier, broadcast_object, mean_over_ranks, shutdown
+from ivn_fast.train.metrics import setup_logging
 from ivn_fast.train.optim import LRSchedule, layer_decay_groups
 from ivn_fast.viz import save_curves
 
@@ -326,15 +327,6 @@ def train(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
             "seconds": round(time.perf_counter() - start_time, 1)}
 
 
-def _setup_logging(world: World, out: Path) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(out / "train.log"))
-    logging.basicConfig(level=logging.INFO if world.is_main else logging.WARNING, handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     from ivn_fast.export import load_encoder
 
@@ -342,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     world = World()
     try:
         device, world = start_processes(args)
-        _setup_logging(world, args.output_dir)
+        setup_logging(world.is_main, args.output_dir)
         if not args.resume and _checkpoints(args.output_dir):
             raise ValueError(f"{args.output_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
                              "or another --output-dir")

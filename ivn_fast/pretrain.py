@@ -86,15 +86,6 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namesp
     return cfg, args
 
 
-def _setup_logging(is_main: bool, out_dir: str) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(out_dir, "train.log")))
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
-
-
 def _fail(error: Exception, status: int) -> int:
     """One line on stderr and in train.log, the processes shut down, the exit status. An error
     raised in a data worker arrives with the worker's traceback in its text: only its message is
@@ -133,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from ivn_fast.data.health import TooManyBadSamples
     from ivn_fast.data.lists import ListError
     from ivn_fast.train.checkpoint import CheckpointError
+    from ivn_fast.train.metrics import setup_logging
     from ivn_fast.train.trainer import Trainer, resolve_device
     from ivn_kernels import set_kernels
 
@@ -143,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     world = init_distributed(device.type)
     out_dir = str(run_dir(cfg))
-    _setup_logging(world.is_main, out_dir)
+    setup_logging(world.is_main, out_dir)
     set_kernels(cfg.train.kernels)
     log.info("preset %s, %d process(es), device %s, torch %s", args.preset, world.size, device, torch.__version__)
     try:

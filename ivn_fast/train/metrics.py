@@ -5,9 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
 log = logging.getLogger("ivn_fast")
+
+
+def setup_logging(is_main: bool, out_dir: str | Path) -> None:
+    """Log lines on stdout, and from the main process in OUT_DIR/train.log too; other processes
+    log warnings only."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if is_main:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(Path(out_dir) / "train.log"))
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
 
 
 class MetricsWriter:
