@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +59,7 @@ from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.probe import (Task, add_clip_options, add_device_options, evaluate, load_tasks, start_processes,
                             task_labels)
+from ivn_fast.train.checkpoint import save_file_atomic
 from ivn_fast.train.distributed import World, barrier, broadcast_object, mean_over_ranks, shutdown
 from ivn_fast.train.metrics import setup_logging
 from ivn_fast.train.optim import LRSchedule, layer_decay_groups
@@ -223,11 +223,7 @@ def save_checkpoint(out: Path, epoch: int, model: nn.Module, opt: torch.optim.Op
     """Written under a temporary name and renamed: a crash mid-save leaves the previous one newest."""
     path = out / "checkpoints" / f"epoch_{epoch + 1:04d}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{path.name}")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, **record}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    save_file_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, **record}, path)
     for old in _checkpoints(out)[:-2]:
         old.unlink()
     return path

@@ -127,6 +127,15 @@ def _save_file(obj: Any, path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def save_file_atomic(obj: Any, path: Path) -> None:
+    """torch.save under a temporary name, synced, then renamed and the rename synced: a crash leaves
+    the previous file or the new one whole (fine-tuning's single-file checkpoints)."""
+    tmp = path.with_name(f".tmp_{path.name}")
+    _save_file(obj, tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def _dir(path: Path) -> Path:
     path = Path(path)
     if not (path / "state.pt").is_file():
