@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from ivn_fast.data.health import SkipCounter
+from ivn_fast.data.loader import split_batches
 from ivn_fast.depth import DepthList
 from ivn_fast.fit import Batches
 from ivn_fast.models.encoder import VideoEncoder
@@ -145,12 +146,14 @@ class Streamed:
         """Training epochs: one view per clip, [B, S, C] tokens and labels; with several processes each
         global batch of `batch` clips is split over them (a last batch too small to split is dropped)."""
         g = torch.Generator().manual_seed(seed)  # one generator across epochs, drawn in order: as `shuffled`
-        rank, size = self.world.rank, self.world.size
 
         def one(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            offset = epoch * len(self)
-            keys = [k.tensor_split(size)[rank].tolist()
-                    for k in (torch.randperm(len(self), generator=g) + offset).split(batch) if len(k) >= size]
+            keys = split_batches(torch.randperm(len(self), generator=g) + epoch * len(self), batch,
+                                 rank=self.world.rank, world=self.world.size)
             return ((tokens[:, 0], labels) for tokens, labels in self.batches(keys))
 
         return one
+
+    def steps(self, batch: int) -> int:
+        """Training batches per epoch (epochs)."""
+        return len(split_batches(torch.arange(len(self)), batch, rank=self.world.rank, world=self.world.size))

@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ivn_fast.config import DataConfig, OptimConfig
 from ivn_fast.data.health import SkipCounter, TooManyBadSamples
+from ivn_fast.data.loader import split_batches
 from ivn_fast.data.mixing import mix, soft_targets
 from ivn_fast.data.randaug import rand_augment
 from ivn_fast.data.transforms import denormalize, normalize
@@ -134,7 +135,7 @@ def epoch_keys(num: int, epoch: int, *, batch: int, seed: int, repeats: int, wor
     (a last batch too small to split is dropped)."""
     order = torch.randperm(num, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     keys = (order[:, None] + (epoch * repeats + torch.arange(repeats)) * num).flatten()[:num]
-    return [k.tensor_split(world.size)[world.rank].tolist() for k in keys.split(batch) if len(k) >= world.size]
+    return split_batches(keys, batch, rank=world.rank, world=world.size)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -224,31 +225,39 @@ def train_probe(train: Kept | Streamed, val: Kept | Streamed, *, head: str, num_
     training loss. `train_top1` scores the kept training views after training; streamed, it is the
     last epoch's running top-1 (on the views it trained on, while it trained)."""
     torch.manual_seed(seed)
-    if isinstance(train, Kept):
+    streamed = isinstance(train, Streamed)
+    running = torch.zeros(2, device=device)  # streamed: the current epoch's right answers and clips
+    if streamed:
+        stream = train.epochs(batch, seed)
+
+        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            running.zero_()  # train_top1 reads the last epoch's
+            return stream(epoch)
+
+        steps, dim = train.steps(batch), train.encoder.cfg.embed_dim
+    else:
         views = train.tokens.shape[1]
         batches, steps = shuffled((train.tokens.flatten(0, 1), train.labels.repeat_interleave(views)), batch, seed)
         dim = train.tokens.shape[-1]
-    else:
-        batches, dim = train.epochs(batch, seed), train.encoder.cfg.embed_dim
-        steps = len(train) // batch + (len(train) % batch >= train.world.size)
     probe = build_probe(head, dim, num_classes, num_heads).to(device)
-    world = train.world if isinstance(train, Streamed) else World()
+    world = train.world if streamed else World()
     trained = probe if world.size == 1 else DistributedDataParallel(probe)
-    hits = []  # (right, seen) per training batch
 
     def loss(p: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = p(x)
-        hits.append(((logits.argmax(-1) == y).sum(), len(y)))
+        if streamed:
+            running[0] += (logits.argmax(-1) == y).sum()
+            running[1] += len(y)
         return F.cross_entropy(logits, y)
 
     curve, losses = fit(trained, batches, steps, loss, lambda p: evaluate(probe, val, batch, device)["top1"],
                         epochs=epochs, lr=lr, weight_decay=weight_decay, device=device)
     losses = mean_over_ranks(torch.tensor(losses, device=device)).tolist()
-    if isinstance(train, Kept):
-        train_top1 = evaluate(probe, train, batch, device)["top1"]
-    else:
-        right, seen = sum_over_ranks([sum(int(r) for r, _ in hits[-steps:]), sum(n for _, n in hits[-steps:])])
+    if streamed:
+        right, seen = sum_over_ranks([int(v) for v in running.tolist()])
         train_top1 = right / max(seen, 1)
+    else:
+        train_top1 = evaluate(probe, train, batch, device)["top1"]
     return {"curve": curve, "train_loss": losses, **evaluate(probe, val, batch, device), "train_top1": train_top1}
 
 

@@ -56,6 +56,12 @@ class StepBatchSampler(Sampler[list[int]]):
         return self.steps_per_epoch
 
 
+def split_batches(keys: torch.Tensor, batch: int, *, rank: int, world: int) -> list[list[int]]:
+    """`keys` cut into global batches of `batch`, this process's share of each (shares differ by one
+    at most); a batch with fewer keys than processes is dropped, so every process takes the same steps."""
+    return [k.tensor_split(world)[rank].tolist() for k in keys.split(batch) if len(k) >= world]
+
+
 def build_loader(dataset: Dataset, global_batch: int, *, rank: int, world: int, seed: int, start_step: int,
                  num_workers: int, pin_memory: bool, epoch_keys: bool = False) -> DataLoader:
     """A DataLoader over StepBatchSampler with its own generator (never touching the global RNG)."""
