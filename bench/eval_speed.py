@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.report import matmul_peak
+from bench.report import matmul_peak, sync
 from ivn_fast.config import EncoderConfig, build_config
 from ivn_fast.finetune import Classifier, layer_of
 from ivn_fast.models.encoder import VideoEncoder
@@ -34,22 +34,17 @@ from ivn_fast.train.optim import layer_decay_groups
 NUM_CLASSES = 400
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(run: Callable[[], None], device: torch.device, steps: int, warmup: int) -> dict:
     """Seconds per call of `run` over `steps` calls after `warmup`, its FLOPs and the peak memory."""
     for _ in range(warmup):
         run()
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         run()
-    _sync(device)
+    sync(device)
     seconds = (time.perf_counter() - t0) / steps
     with FlopCounterMode(display=False) as counter:
         run()

@@ -157,7 +157,7 @@ def stage1_checkpoint(name: str, batch: int, teacher_root: Path, device: torch.d
     return str(ckpt.latest_checkpoint(out / "checkpoints"))
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -174,13 +174,13 @@ def measure_step(cfg: Config, steps: int, warmup: int, count_flops: bool) -> dic
     t0 = time.perf_counter()
     for _ in range(warmup):
         trainer.train_step(video)
-    _sync(device)
+    sync(device)
     warm_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     losses = [trainer.train_step(video)["loss"] for _ in range(steps)]
-    _sync(device)
+    sync(device)
     step_s = (time.perf_counter() - t0) / steps
     result: dict[str, Any] = {"step_s": step_s, "clips_per_s": cfg.train.batch_size / step_s,
                               "warmup_s": warm_s, "loss_last": losses[-1]}
@@ -209,12 +209,12 @@ def matmul_peak(device: torch.device) -> float:
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(10):
         t0 = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / sorted(times)[len(times) // 2]
 

@@ -58,8 +58,8 @@ from ivn_fast.fit import fit
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
-from ivn_fast.probe import (Task, add_clip_options, add_device_options, evaluate, load_tasks, start_processes,
-                            task_labels)
+from ivn_fast.probe import (Task, add_clip_options, add_device_options, add_input_options, evaluate, load_tasks,
+                            settings, start_processes, task_labels)
 from ivn_fast.train.checkpoint import save_file_atomic
 from ivn_fast.train.distributed import World, barrier, broadcast_object, mean_over_ranks, shutdown
 from ivn_fast.train.metrics import setup_logging
@@ -141,15 +141,8 @@ def epoch_keys(num: int, epoch: int, *, batch: int, seed: int, repeats: int, wor
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ivn_fast.finetune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True,
-                        help="training checkpoint (step_XXXXXXXX), exported encoder, or released checkpoint file")
-    parser.add_argument("--train-list", required=True,
-                        help="training clips: video lists ('path label' per line; any format of ivn_fast.data.lists) "
-                             "or synthetic:LABEL[:CLIPS]")
-    parser.add_argument("--val-list", required=True, help="validation clips, as --train-list")
-    parser.add_argument("--random-init", action="store_true",
-                        help="train an encoder of the same shape from random weights (drawn from --seed): the "
-                             "baseline pretraining is read against")
+    add_input_options(parser, "video lists ('path label' per line; any format of ivn_fast.data.lists) or "
+                              "synthetic:LABEL[:CLIPS]")
     parser.add_argument("--recipe", default="kinetics", choices=tuple(RECIPES),
                         help="the paper's settings for Kinetics, Something-Something V2 or COIN (the table above)")
     parser.add_argument("--head", default="linear", choices=PROBE_KINDS,
@@ -210,10 +203,6 @@ def resolve(args: argparse.Namespace, encoder: VideoEncoder) -> argparse.Namespa
         if not 0 <= getattr(args, name) <= hi:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, {hi}], got {getattr(args, name)}")
     return args
-
-
-def settings(args: argparse.Namespace) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "amp"}
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -364,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             save_curves({"validation top-1": {"top-1": record["curve"]}, "training loss": {"soft-target CE":
                          record["train_loss"]}}, args.output_dir / "curves.png",
                         f"fine-tuning ({args.recipe} recipe), {args.checkpoint}",
-                        chance={"validation top-1": 1 / record["classes"]})
+                        baseline={"validation top-1": 1 / record["classes"]})
         print(f"{record['task']} fine-tuned ({args.recipe} recipe, {args.epochs} epochs): top-1 {record['top1']:.3f}, "
               f"top-5 {record['top5']:.3f} (single view {record['view_top1']:.3f}); outputs in {args.output_dir}")
     return 0

@@ -64,6 +64,7 @@ from ivn_fast.data.dataset import VideoClips
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.lists import ListError, load_lists, parse_spec
 from ivn_fast.data.synthetic import LABELS, SyntheticVideos
+from ivn_fast.data.transforms import denormalize
 from ivn_fast.depth import TARGET_KEYS as DEPTH_KEYS
 from ivn_fast.depth import DepthList, predict_depth, synthetic_depth, train_depth
 from ivn_fast.features import Features, Kept, Streamed, cached_encode, encode, gather_rows
@@ -261,6 +262,17 @@ def train_probe(train: Kept | Streamed, val: Kept | Streamed, *, head: str, num_
     return {"curve": curve, "train_loss": losses, **evaluate(probe, val, batch, device), "train_top1": train_top1}
 
 
+def add_input_options(parser: argparse.ArgumentParser, lists: str) -> None:
+    """The encoder and the two lists of clips (`lists`: what they may be): shared by the probe and fine-tuning."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="training checkpoint (step_XXXXXXXX), exported encoder, or released checkpoint file")
+    parser.add_argument("--random-init", action="store_true",
+                        help="an encoder of the checkpoint's shape with random weights (drawn from --seed) instead: "
+                             "the baseline results are read against")
+    parser.add_argument("--train-list", required=True, help=f"training clips: {lists}")
+    parser.add_argument("--val-list", required=True, help="validation clips of the same task, as --train-list")
+
+
 def add_clip_options(parser: argparse.ArgumentParser) -> None:
     """The clip shape and how list videos are read: shared by the probe and fine-tuning."""
     parser.add_argument("--frames", type=int, default=0, help="frames per view (0: the encoder's training clip)")
@@ -281,18 +293,10 @@ def add_device_options(parser: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ivn_fast.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True,
-                        help="training checkpoint (step_XXXXXXXX), exported encoder, or released checkpoint file")
-    parser.add_argument("--train-list", required=True,
-                        help="training clips: synthetic:LABEL[:CLIPS] (LABEL shape, direction, speed, track or "
-                             "depth), video lists ('path label' per line), or a box or depth list (.jsonl)")
-    parser.add_argument("--val-list", required=True,
-                        help="validation clips of the same task: synthetic:LABEL[:CLIPS], video lists, or a box or "
-                             "depth list")
+    add_input_options(parser, "synthetic:LABEL[:CLIPS] (LABEL shape, direction, speed, track or depth), video "
+                              "lists ('path label' per line), or a box or depth list (.jsonl)")
     parser.add_argument("--head", default="attentive", choices=PROBE_KINDS,
                         help="attentive (V-JEPA's) or linear on mean-pooled tokens")
-    parser.add_argument("--random-init", action="store_true",
-                        help="probe a random encoder of the same shape (weights drawn from --seed)")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="probe training epochs")
     parser.add_argument("--batch", type=int, default=BATCH, help="clips per probe step, over all processes (and "
                                                                  "per encoding batch)")
@@ -430,7 +434,7 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
     if args.plot and world.is_main:
         save_curves({"validation top-1": {"top-1": result["curve"]}, "training loss": {"cross-entropy":
                      result["train_loss"]}}, args.plot, f"{label} probe ({args.head}), {_encoder_name(args)}",
-                    chance={"validation top-1": 1 / num_classes})
+                    baseline={"validation top-1": 1 / num_classes})
     return {"task": label, "classes": num_classes, **result, "features": mode, "cached": cached, "summary": summary}
 
 
@@ -449,7 +453,7 @@ def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
     if args.plot:
         save_curves({"validation mean IoU": {"probe": result["curve"]}, "training loss": {"smooth L1 + GIoU":
                      result["train_loss"]}}, args.plot, f"tracking probe, {_encoder_name(args)}",
-                    chance={"validation mean IoU": result["static_miou"]}, chance_label="first box kept")
+                    baseline={"validation mean IoU": result["static_miou"]}, baseline_label="first box kept")
         save_box_grid(probe, features["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-boxes.png"))
     return {"task": "track", **result, "summary": summary}
 
@@ -472,9 +476,9 @@ def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
     if args.plot:
         save_curves({"validation AbsRel": {"probe": result["curve"]}, "validation delta1": {"probe":
                      result["delta1_curve"]}, "training loss": {"L1 (m)": result["train_loss"]}}, args.plot,
-                    f"depth probe, {_encoder_name(args)}", chance={"validation AbsRel": result["mean_absrel"],
+                    f"depth probe, {_encoder_name(args)}", baseline={"validation AbsRel": result["mean_absrel"],
                                                                    "validation delta1": result["mean_delta1"]},
-                    chance_label="mean depth map")
+                    baseline_label="mean depth map")
         save_depth_grid(probe, features["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-depth.png"))
     return {"task": "depth", **result, "summary": summary}
 
@@ -482,8 +486,6 @@ def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
 def save_depth_grid(probe: torch.nn.Module, features: Features, data: Dataset, path: Path, clips: int = 4) -> Path:
     """The first validation windows: frames, true depth, predicted depth (near bright, far dark, on the
     true depth's scale; unscored pixels black)."""
-    from ivn_fast.data.transforms import denormalize
-
     tokens, targets = features
     n = min(clips, len(tokens))
     pred = predict_depth(probe, tokens[:n, 0], n, torch.device("cpu"))
@@ -503,8 +505,6 @@ def save_depth_grid(probe: torch.nn.Module, features: Features, data: Dataset, p
 
 def save_box_grid(probe: torch.nn.Module, features: Features, data: Dataset, path: Path, clips: int = 4) -> Path:
     """The first validation windows with the true boxes (green) and the readout's (red)."""
-    from ivn_fast.data.transforms import denormalize
-
     tokens, targets = features
     n = min(clips, len(tokens))
     first, _, _ = later_frames({k: v[:n] for k, v in targets.items()})
@@ -519,6 +519,11 @@ def save_box_grid(probe: torch.nn.Module, features: Features, data: Dataset, pat
 
 def _encoder_name(args: argparse.Namespace) -> str:
     return "random encoder" if args.random_init else str(args.checkpoint)
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """The options a run was given, as JSON can hold them: recorded with its result."""
+    return {k: str(v) if isinstance(v, (Path, torch.dtype)) else v for k, v in vars(args).items()}
 
 
 def start_processes(args: argparse.Namespace) -> tuple[torch.device, World]:
@@ -581,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     summary = record.pop("summary")
     record.update({"seconds": round(time.perf_counter() - start, 1),
-                   "settings": {k: str(v) if isinstance(v, (Path, torch.dtype)) else v for k, v in vars(args).items()},
+                   "settings": settings(args),
                    "clips": {split: len(t.data) for split, t in tasks.items()}, "frames": frames, "size": size,
                    "views": {"segments": args.segments, "crops": args.crops},
                    "data": {s: t.spec for s, t in tasks.items()}})

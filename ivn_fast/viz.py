@@ -15,6 +15,11 @@ _LABEL_W = 120
 _GAP = 2
 
 
+def _frames(video: torch.Tensor) -> np.ndarray:
+    """[3, T, H, W] in [0, 1] -> [T, H, W, 3] uint8."""
+    return (video.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
 def clip_grid(rows: dict[str, torch.Tensor], clips: int) -> Image.Image:
     """rows: label -> [B, 3, T, H, W] in [0, 1]. For each clip, one strip of frames per label."""
     first = next(iter(rows.values()))
@@ -28,8 +33,7 @@ def clip_grid(rows: dict[str, torch.Tensor], clips: int) -> Image.Image:
     y = 0
     for i in range(n):
         for label, video in rows.items():
-            frames = (video[i].float().clamp(0, 1) * 255).round().to(torch.uint8)
-            frames = frames.permute(1, 2, 3, 0).cpu().numpy()  # T H W C
+            frames = _frames(video[i])
             for j in range(t):
                 canvas.paste(Image.fromarray(np.ascontiguousarray(frames[j])), (_LABEL_W + j * (w + _GAP), y))
             draw.text((4, y + h // 2 - 6), f"clip {i}: {label}", fill=(0, 0, 0))
@@ -56,11 +60,11 @@ _PANEL_W, _PANEL_H, _MARGIN = 420, 260, 48
 _LINE_COLOURS = [(66, 114, 196), (230, 130, 40), (80, 160, 80), (190, 60, 60)]
 
 
-def curves(panels: dict[str, dict[str, list[float]]], title: str, chance: dict[str, float] | None = None,
-           chance_label: str = "chance") -> Image.Image:
+def curves(panels: dict[str, dict[str, list[float]]], title: str, baseline: dict[str, float] | None = None,
+           baseline_label: str = "chance") -> Image.Image:
     """Line charts side by side, one per panel (panel -> series -> one value per epoch), each y
-    axis from 0 to its largest value; `chance` draws a dashed line, named `chance_label`, in the
-    panels it names."""
+    axis from 0 to its largest value; `baseline` draws a dashed line, named `baseline_label`
+    (chance, or what a readout that ignores the tokens reaches), in the panels it names."""
     font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=11)
     width = len(panels) * (_PANEL_W + _MARGIN) + _MARGIN
     img = Image.new("RGB", (width, _PANEL_H + 2 * _MARGIN + 20), "white")
@@ -69,7 +73,7 @@ def curves(panels: dict[str, dict[str, list[float]]], title: str, chance: dict[s
     for p, (name, series) in enumerate(panels.items()):
         left, top = _MARGIN + p * (_PANEL_W + _MARGIN), _MARGIN
         values = [v for vs in series.values() for v in vs if v == v] or [1.0]  # v == v: not NaN
-        top_v = max(max(values), (chance or {}).get(name, 0.0), 1e-12) * 1.05
+        top_v = max(max(values), (baseline or {}).get(name, 0.0), 1e-12) * 1.05
         epochs = max(len(vs) for vs in series.values())
 
         def xy(i: int, v: float) -> tuple[float, float]:
@@ -83,11 +87,11 @@ def curves(panels: dict[str, dict[str, list[float]]], title: str, chance: dict[s
         draw.text((left + _PANEL_W / 2, top - 12), name, fill="black", font=font, anchor="mm")
         draw.text((left + _PANEL_W / 2, top + _PANEL_H + 16), f"epoch (1-{epochs})", fill="black", font=small,
                   anchor="mm")
-        if chance and name in chance:
-            y = xy(0, chance[name])[1]
+        if baseline and name in baseline:
+            y = xy(0, baseline[name])[1]
             for x in range(int(left), int(left + _PANEL_W), 10):
                 draw.line([(x, y), (x + 5, y)], fill=(120, 120, 120))
-            draw.text((left + _PANEL_W - 4, y - 3), chance_label, fill=(120, 120, 120), font=small, anchor="rb")
+            draw.text((left + _PANEL_W - 4, y - 3), baseline_label, fill=(120, 120, 120), font=small, anchor="rb")
         for k, (label, vs) in enumerate(series.items()):
             colour = _LINE_COLOURS[k % len(_LINE_COLOURS)]
             points = [xy(i, v) for i, v in enumerate(vs) if v == v]
@@ -100,16 +104,16 @@ def curves(panels: dict[str, dict[str, list[float]]], title: str, chance: dict[s
 
 
 def save_curves(panels: dict[str, dict[str, list[float]]], path: Path, title: str,
-                chance: dict[str, float] | None = None, chance_label: str = "chance") -> Path:
+                baseline: dict[str, float] | None = None, baseline_label: str = "chance") -> Path:
     """`curves`, written atomically as a PNG."""
-    return _save(curves(panels, title, chance, chance_label), path)
+    return _save(curves(panels, title, baseline, baseline_label), path)
 
 
 def draw_boxes(video: torch.Tensor, boxes: dict[tuple[int, int, int], torch.Tensor], seen: torch.Tensor) -> torch.Tensor:
     """video [3, T, H, W] in [0, 1] with rectangles drawn in: colour -> boxes [O, T, 4] (x0, y0, x1,
     y1 in fractions of the frame), each drawn where seen [O, T]."""
     _, t, h, w = video.shape
-    frames = (video.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+    frames = _frames(video)
     out = []
     for j in range(t):
         img = Image.fromarray(np.ascontiguousarray(frames[j]))
