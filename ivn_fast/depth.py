@@ -21,12 +21,11 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.synthetic import Rendered, RenderedClips
-from ivn_fast.data.windows import read_images, read_lines
+from ivn_fast.data.windows import WindowList, read_images, read_lines
 from ivn_fast.fit import fit, shuffled
 from ivn_fast.models.probe import DepthProbe
 
@@ -94,14 +93,13 @@ def synthetic_depth(num_videos: int, num_frames: int, size: int, *, seed: int) -
     return RenderedClips(num_videos, num_frames, size, seed=seed, targets=synthetic_targets)
 
 
-class DepthList(Dataset):
-    """Windows of a depth list (see the module docstring), cut to `size` pixels. A window whose
-    images cannot be read is left out of training and scoring and named in `skipped`."""
+class DepthList(WindowList):
+    """Windows of a depth list (see the module docstring)."""
 
     def __init__(self, path: str, *, num_frames: int, size: int, root: str = ""):
-        self.size, self.num_frames = size, num_frames
-        self.windows = [(frames, *self._maps(where, entry, num_frames, root))
-                        for where, entry, frames in read_lines(path, num_frames, root)]
+        super().__init__([(frames, *self._maps(where, entry, num_frames, root))
+                          for where, entry, frames in read_lines(path, num_frames, root)],
+                         num_frames=num_frames, size=size)
 
     @staticmethod
     def _maps(where: str, entry: dict, num_frames: int, root: str) -> tuple[list[str], float, tuple[float, float]]:
@@ -115,18 +113,14 @@ class DepthList(Dataset):
             raise ValueError(f"{where}: 'range' must be [min, max] metres with 0 <= min < max")
         return [os.path.join(root, m) for m in maps], float(scale), (low, high)
 
-    def __len__(self) -> int:
-        return len(self.windows)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         frames, maps, scale, (low, high) = self.windows[index]
         t, s = self.num_frames, self.size
         try:
             pixels, raw = read_images(frames), read_images(maps, mode="")
         except OSError as e:
-            return {"video": torch.zeros(3, t, s, s), "depth": torch.zeros(t, s, s),
-                    "valid": torch.zeros(t, s, s, dtype=torch.bool),
-                    "skipped": encode_skips([("unreadable", frames[0], str(e))])}
+            return self.unreadable(frames[0], e, {"depth": torch.zeros(t, s, s),
+                                                  "valid": torch.zeros(t, s, s, dtype=torch.bool)})
         if raw.ndim != 3:
             raw = raw[..., 0]  # a map saved with colour channels: they are equal
         crop = view_crop(*raw.shape[1:])

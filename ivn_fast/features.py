@@ -21,10 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ivn_fast.data.health import SkipCounter
 from ivn_fast.data.loader import split_batches
-from ivn_fast.depth import DepthList
+from ivn_fast.data.windows import WindowList
 from ivn_fast.fit import Batches
 from ivn_fast.models.encoder import VideoEncoder
-from ivn_fast.tracking import BoxList
 from ivn_fast.train.distributed import World
 
 log = logging.getLogger("ivn_fast")
@@ -48,10 +47,10 @@ def encode(encoder: VideoEncoder, data: Dataset, label_keys: Sequence[str], batc
            pool: bool = False, workers: int = 0, amp: torch.dtype | None = None) -> Features:
     """Frozen tokens [N, V, S, C] (CPU, float32) of every view of every clip, and the labels. An
     item's video is [V, 3, T, H, W] (or one view, [3, T, H, W]); `pool` keeps only the mean over
-    tokens (S = 1), all a linear probe reads. Box lists leave an unreadable window out (its
-    objects never seen) where video lists replace a bad video by another."""
+    tokens (S = 1), all a linear probe reads. Window lists leave an unreadable window out where
+    video lists replace a bad video by another."""
     tokens, labels = [], {k: [] for k in label_keys}
-    replaced = not isinstance(data, (BoxList, DepthList))
+    replaced = not isinstance(data, WindowList)
     # logs each unreadable file once; never stops a probe
     skips = SkipCounter(max_fraction=1.0, instead="a replacement clip is used" if replaced else "it is left out")
     for items in DataLoader(data, batch_size=batch, num_workers=workers):

@@ -20,12 +20,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.synthetic import Rendered, RenderedClips
-from ivn_fast.data.windows import read_images, read_lines
+from ivn_fast.data.windows import WindowList, read_images, read_lines
 from ivn_fast.fit import fit, shuffled
 from ivn_fast.models.probe import TrackingProbe
 
@@ -122,15 +121,14 @@ def synthetic_tracks(num_videos: int, num_frames: int, size: int, *, seed: int) 
     return RenderedClips(num_videos, num_frames, size, seed=seed, targets=synthetic_targets)
 
 
-class BoxList(Dataset):
-    """Windows of a box list (see the module docstring), cut to `size` pixels; every item has the
-    list's largest object count, the missing ones never seen. A window whose images cannot be read
-    is left out of training and scoring (never seen) and named in `skipped`."""
+class BoxList(WindowList):
+    """Windows of a box list (see the module docstring); every item has the list's largest object
+    count, the missing ones never seen."""
 
     def __init__(self, path: str, *, num_frames: int, size: int, root: str = ""):
-        self.size, self.num_frames = size, num_frames
-        self.windows = [(frames, self._boxes(where, entry, num_frames))
-                        for where, entry, frames in read_lines(path, num_frames, root)]
+        super().__init__([(frames, self._boxes(where, entry, num_frames))
+                          for where, entry, frames in read_lines(path, num_frames, root)],
+                         num_frames=num_frames, size=size)
         self.max_objects = max(len(boxes) for _, boxes in self.windows)
 
     @staticmethod
@@ -153,9 +151,6 @@ class BoxList(Dataset):
                 boxes[o, t] = box
         return boxes
 
-    def __len__(self) -> int:
-        return len(self.windows)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         paths, pixel_boxes = self.windows[index]
         boxes = torch.zeros(self.max_objects, self.num_frames, 4)
@@ -163,8 +158,7 @@ class BoxList(Dataset):
         try:
             frames = read_images(paths)
         except OSError as e:
-            return {"video": torch.zeros(3, self.num_frames, self.size, self.size), "boxes": boxes, "seen": seen,
-                    "skipped": encode_skips([("unreadable", paths[0], str(e))])}
+            return self.unreadable(paths[0], e, {"boxes": boxes, "seen": seen})
         h, w = frames.shape[1:3]
         crop = view_crop(h, w)
         scaled = torch.from_numpy(pixel_boxes).float()

@@ -95,6 +95,10 @@ def test_depth_list_scales_crops_and_scores_only_measured_pixels(tmp_path):
     assert not item["valid"][:, 0, 14].any()  # 60 m is out of range
     torch.testing.assert_close(item["depth"][item["valid"]], torch.full((int(item["valid"].sum()),), 2.0))
     assert (item["depth"][~item["valid"]] == 0).all()
+    (tmp_path / "a" / "1.png").unlink()  # a window missing a map is left out, named
+    gone = DepthList(str(path), num_frames=2, size=15, root=str(tmp_path))[0]
+    assert not gone["valid"].any() and gone["video"].shape == (3, 2, 15, 15)
+    assert json.loads(gone["skipped"])[0][0] == "unreadable"
 
 
 @pytest.mark.parametrize("extra, message", [

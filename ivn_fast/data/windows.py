@@ -8,7 +8,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torch.utils.data import Dataset
+
+from ivn_fast.data.health import encode_skips
 
 
 
@@ -48,3 +52,20 @@ def read_images(paths: list[str], mode: str = "RGB") -> np.ndarray:
         images.append(image)
     return np.stack([np.asarray(im) for im in images])
 
+
+
+class WindowList(Dataset):
+    """A list's windows, cut to `size` pixels. A window whose images cannot be read is left out of
+    training and scoring (its targets all unseen) and named in `skipped`; video lists replace a bad
+    video by another instead."""
+
+    def __init__(self, windows: list, *, num_frames: int, size: int):
+        self.windows, self.num_frames, self.size = windows, num_frames, size
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def unreadable(self, path: str, error: OSError, unseen: dict[str, torch.Tensor]) -> dict:
+        """The item of a window that cannot be read: a blank clip, `unseen` targets, the skip."""
+        t, s = self.num_frames, self.size
+        return {"video": torch.zeros(3, t, s, s), **unseen, "skipped": encode_skips([("unreadable", path, str(error))])}
