@@ -26,7 +26,7 @@ from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.synthetic import Rendered, RenderedClips
 from ivn_fast.data.windows import WindowList, read_images, read_lines
-from ivn_fast.fit import fit, shuffled
+from ivn_fast.fit import fit, predict_rows, shuffled
 from ivn_fast.models.probe import DepthProbe
 
 TARGET_KEYS = ("depth", "valid")
@@ -44,12 +44,6 @@ def depth_metrics(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor)
     pred, target = pred.clamp(min=MIN_DEPTH)[valid], target[valid]
     ratio = torch.maximum(pred / target, target / pred)
     return {"absrel": ((pred - target).abs() / target).mean().item(), "delta1": (ratio < 1.25).float().mean().item()}
-
-
-@torch.no_grad()
-def predict_depth(probe: DepthProbe, tokens: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    probe.eval()
-    return torch.cat([probe(tokens[i:i + batch].to(device)).float().cpu() for i in range(0, len(tokens), batch)])
 
 
 def train_depth(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tuple[torch.Tensor, dict[str, torch.Tensor]],
@@ -71,7 +65,7 @@ def train_depth(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tuple[
     scores = []
 
     def score(p: torch.nn.Module) -> float:
-        scores.append(depth_metrics(predict_depth(p, x_val, batch, device), val_depth, val_valid))
+        scores.append(depth_metrics(predict_rows(p, (x_val,), batch, device), val_depth, val_valid))
         return scores[-1]["absrel"]
 
     curve, losses = fit(probe, *shuffled((x_train, depth, valid), batch, seed),
@@ -80,7 +74,7 @@ def train_depth(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tuple[
     mean_map = (depth * valid).sum(0) / valid.sum(0).clamp(min=1)
     baseline = depth_metrics(mean_map.expand_as(val_depth), val_depth, val_valid)
     return {**scores[-1], "curve": curve, "delta1_curve": [s["delta1"] for s in scores], "train_loss": losses,
-            "train_absrel": depth_metrics(predict_depth(probe, x_train, batch, device), depth, valid)["absrel"],
+            "train_absrel": depth_metrics(predict_rows(probe, (x_train,), batch, device), depth, valid)["absrel"],
             "mean_absrel": baseline["absrel"], "mean_delta1": baseline["delta1"], "probe": probe.cpu()}
 
 

@@ -76,8 +76,8 @@ RECIPES = {
 LR_BATCH = 1024  # the recipes' learning rates are for this many clips a step, scaled linearly
 MIN_LR = 1e-6
 # settings a resumed run must share with the run that wrote its checkpoint
-RESUME_KEYS = ("checkpoint", "random_init", "train_list", "val_list", "root", "head", "frames", "size", "batch", "seed", "lr",
-               "epochs", "warmup_epochs", "layer_decay", "weight_decay", "drop_path", "label_smoothing", "cutmix",
+RESUME_KEYS = ("checkpoint", "random_init", "train_list", "val_list", "root", "head", "frames", "size", "batch",
+               "seed", "lr", "epochs", "warmup_epochs", "layer_decay", "weight_decay", "drop_path", "label_smoothing", "cutmix",
                "mixup", "randaug_ops", "randaug_magnitude", "randaug_std", "repeated_aug", "flip", "sampling",
                "stride")
 

@@ -66,14 +66,14 @@ from ivn_fast.data.lists import ListError, load_lists, parse_spec
 from ivn_fast.data.synthetic import LABELS, SyntheticVideos
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.depth import TARGET_KEYS as DEPTH_KEYS
-from ivn_fast.depth import DepthList, predict_depth, synthetic_depth, train_depth
+from ivn_fast.depth import DepthList, synthetic_depth, train_depth
 from ivn_fast.features import Features, Kept, Streamed, cached_encode, encode, gather_rows
-from ivn_fast.fit import fit, shuffled
+from ivn_fast.fit import fit, predict_rows, shuffled
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.tracking import TARGET_KEYS as TRACK_KEYS
-from ivn_fast.tracking import BoxList, later_frames, predict_boxes, synthetic_tracks, train_tracker
+from ivn_fast.tracking import BoxList, later_frames, synthetic_tracks, train_tracker
 from ivn_fast.train.distributed import (World, broadcast_object, init_distributed, mean_over_ranks, shutdown,
                                         sum_over_ranks)
 from ivn_fast.viz import draw_boxes, save_clip_grid, save_curves
@@ -201,9 +201,8 @@ def predict(probe: torch.nn.Module, source: Kept | Streamed, batch: int,
     probe.eval()
     if isinstance(source, Kept):
         n, v = source.tokens.shape[:2]
-        probs = [probe(source.tokens[i:i + batch].flatten(0, 1).to(device)).float().softmax(-1).cpu()
-                 for i in range(0, n, batch)]
-        return torch.cat(probs).view(n, v, -1), source.labels
+        logits = predict_rows(probe, (source.tokens.flatten(0, 1),), batch * v, device)
+        return logits.softmax(-1).view(n, v, -1), source.labels
     probs, labels = [], []
     for tokens, y in source.batches():
         probs.append(probe(tokens.flatten(0, 1)).float().softmax(-1).cpu().unflatten(0, tokens.shape[:2]))
@@ -488,7 +487,7 @@ def save_depth_grid(probe: torch.nn.Module, features: Features, data: Dataset, p
     true depth's scale; unscored pixels black)."""
     tokens, targets = features
     n = min(clips, len(tokens))
-    pred = predict_depth(probe, tokens[:n, 0], n, torch.device("cpu"))
+    pred = predict_rows(probe, (tokens[:n, 0],), n, torch.device("cpu"))
     true, valid = targets["depth"][:n], targets["valid"][:n]
 
     def shade(d: torch.Tensor, i: int) -> torch.Tensor:
@@ -508,7 +507,7 @@ def save_box_grid(probe: torch.nn.Module, features: Features, data: Dataset, pat
     tokens, targets = features
     n = min(clips, len(tokens))
     first, _, _ = later_frames({k: v[:n] for k, v in targets.items()})
-    pred = predict_boxes(probe, tokens[:n, 0], first, n, torch.device("cpu"))
+    pred = predict_rows(probe, (tokens[:n, 0], first), n, torch.device("cpu"))
     pred = torch.cat([first[:, :, None], pred], 2)
     seen = targets["seen"][:n] & targets["seen"][:n, :, :1]
     video = torch.stack([draw_boxes(denormalize(data[i]["video"], channel_dim=0),

@@ -25,7 +25,7 @@ from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.synthetic import Rendered, RenderedClips
 from ivn_fast.data.windows import WindowList, read_images, read_lines
-from ivn_fast.fit import fit, shuffled
+from ivn_fast.fit import fit, predict_rows, shuffled
 from ivn_fast.models.probe import TrackingProbe
 
 MIN_AREA = 0.005  # boxes under this share of the frame are not seen (the paper's filter)
@@ -73,15 +73,6 @@ def later_frames(targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.
     return boxes[:, :, 0], boxes[:, :, 1:], seen[:, :, 1:] & seen[:, :, :1]
 
 
-@torch.no_grad()
-def predict_boxes(probe: TrackingProbe, tokens: torch.Tensor, first: torch.Tensor, batch: int,
-                  device: torch.device) -> torch.Tensor:
-    """Boxes [N, O, T-1, 4] for tokens [N, S, C] and first-frame boxes [N, O, 4]."""
-    probe.eval()
-    return torch.cat([probe(tokens[i:i + batch].to(device), first[i:i + batch].to(device)).float().cpu()
-                      for i in range(0, len(tokens), batch)])
-
-
 def mean_iou(pred: torch.Tensor, target: torch.Tensor, seen: torch.Tensor) -> float:
     """IoU averaged over every seen (object, frame) pair, as the paper reports it."""
     return ((box_iou(pred, target)[0] * seen).sum() / seen.sum().clamp(min=1)).item()
@@ -103,11 +94,11 @@ def train_tracker(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tupl
     probe = TrackingProbe(x_train.shape[-1], target.shape[2] + 1, num_heads).to(device)
     curve, losses = fit(probe, *shuffled((x_train, first, target, seen), batch, seed),
                         lambda p, x, f, t, m: track_loss(p(x, f).float(), t, m),
-                        lambda p: mean_iou(predict_boxes(p, x_val, val_first, batch, device), val_target, val_seen),
+                        lambda p: mean_iou(predict_rows(p, (x_val, val_first), batch, device), val_target, val_seen),
                         epochs=epochs, lr=lr, weight_decay=weight_decay, device=device)
     static = val_first[:, :, None].expand_as(val_target)
     return {"miou": curve[-1], "curve": curve, "train_loss": losses,
-            "train_miou": mean_iou(predict_boxes(probe, x_train, first, batch, device), target, seen),
+            "train_miou": mean_iou(predict_rows(probe, (x_train, first), batch, device), target, seen),
             "static_miou": mean_iou(static, val_target, val_seen), "probe": probe.cpu()}
 
 
