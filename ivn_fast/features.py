@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -132,9 +131,9 @@ class Streamed:
         """(tokens [B, V, S, C] on the device, labels [B]) for batches of keys; None: this process's share
         of every clip (every world.size-th)."""
         if keys is None:
-            keys = [list(range(self.world.rank, len(self), self.world.size))[i:i + self.batch]
-                    for i in range(0, math.ceil(len(self) / self.world.size), self.batch)]
-        loader = DataLoader(self.data, batch_sampler=[k for k in keys if k], num_workers=self.workers,
+            mine = list(range(self.world.rank, len(self), self.world.size))
+            keys = [mine[i:i + self.batch] for i in range(0, len(mine), self.batch)]
+        loader = DataLoader(self.data, batch_sampler=keys, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda")
         for items in loader:
             self.skips.update(items)

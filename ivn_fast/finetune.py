@@ -58,8 +58,8 @@ from ivn_fast.fit import fit
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
-from ivn_fast.probe import (Task, add_clip_options, add_device_options, add_input_options, evaluate, load_tasks,
-                            settings, start_processes, task_labels)
+from ivn_fast.probe import (Task, add_clip_options, add_device_options, add_input_options, check_at_least_one,
+                            evaluate, load_tasks, settings, start_processes, task_labels)
 from ivn_fast.train.checkpoint import save_file_atomic
 from ivn_fast.train.distributed import World, barrier, broadcast_object, mean_over_ranks, shutdown
 from ivn_fast.train.metrics import setup_logging
@@ -193,9 +193,7 @@ def resolve(args: argparse.Namespace, encoder: VideoEncoder) -> argparse.Namespa
     args.flip = recipe["flip"] if args.flip == "recipe" else args.flip == "on"
     if args.layer_decay is None:
         args.layer_decay = 0.75 if len(encoder.blocks) <= 12 else 0.85
-    for name in ("batch", "epochs", "segments", "crops", "repeated_aug", "log_every", "stride"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_at_least_one(args, ("batch", "epochs", "segments", "crops", "repeated_aug", "log_every", "stride"))
     for name in ("lr", "warmup_epochs", "weight_decay", "cutmix", "mixup", "randaug_ops", "randaug_std"):
         if not getattr(args, name) >= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

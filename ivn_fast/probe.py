@@ -51,7 +51,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -325,10 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    for name in ("epochs", "batch", "segments", "crops", "stride"):
+def check_at_least_one(args: argparse.Namespace, names: Sequence[str]) -> None:
+    """Each named option is 1 or more, else a ValueError naming it."""
+    for name in names:
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    check_at_least_one(args, ("epochs", "batch", "segments", "crops", "stride"))
     if args.cache_dir and args.head != "linear":
         raise ValueError("--cache-dir keeps mean-pooled features, which only --head linear reads")
     if args.cache_dir and args.features == "stream":
