@@ -86,6 +86,10 @@ def test_cli_fine_tunes_checkpoints_and_resumes_exactly(tiny_checkpoint, tmp_pat
     assert [json.loads(line)["epoch"] for line in (whole / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
     assert (whole / "curves.png").is_file() and "fine-tuned" in capsys.readouterr().out
+    random = tmp_path / "random"
+    assert finetune_main(args + ["--output-dir", str(random), "--random-init"]) == 0  # only the weights differ
+    baseline = json.loads((random / "finetune.json").read_text())
+    assert baseline["settings"]["random_init"] and baseline["train_loss"][0] != record["train_loss"][0]
     # a run stopped after epoch 1 and resumed ends where the whole run did
     cut = tmp_path / "cut"
     (cut / "checkpoints").mkdir(parents=True)
