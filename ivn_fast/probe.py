@@ -62,7 +62,7 @@ from torch.utils.data import Dataset
 from ivn_fast.config import DataConfig
 from ivn_fast.data.dataset import VideoClips
 from ivn_fast.data.health import encode_skips
-from ivn_fast.data.lists import ListError, load_lists, parse_spec
+from ivn_fast.data.lists import ListError, VideoList, load_lists, parse_spec
 from ivn_fast.data.synthetic import LABELS, SyntheticVideos
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.depth import TARGET_KEYS as DEPTH_KEYS
@@ -80,8 +80,9 @@ from ivn_fast.viz import draw_boxes, save_clip_grid, save_curves
 
 log = logging.getLogger("ivn_fast")
 
-SEEDS = {"train": 1_000, "val": 2_000}
-DEFAULT_CLIPS = {"train": 720, "val": 288}
+# every split of the synthetic set has its own seed (the video-text evaluation's zero-shot set too)
+SEEDS = {"train": 1_000, "val": 2_000, "zero-shot": 3_000}
+DEFAULT_CLIPS = {"train": 720, "val": 288, "zero-shot": 288}
 # V-JEPA-style probe recipe: AdamW at this peak rate and decay, cosine, batches of this many clips
 LR, WEIGHT_DECAY, BATCH, EPOCHS = 1e-3, 0.05, 32, 20
 CROP_CANVAS = 1.25  # rendered frame side / view side when a clip is cut into several crops
@@ -100,31 +101,39 @@ class Task:
     spec: dict  # what the clips are: recorded in the JSON, and the feature cache's key
 
 
-def synthetic_task(spec: str, split: str, *, frames: int, size: int, segments: int, crops: int) -> Task:
-    """'synthetic:LABEL[:CLIPS]' on the built-in set (train and validation from different seeds);
-    LABEL 'track' or 'depth' is the tracking or depth task on the same clips."""
+def parse_synthetic(spec: str, split: str, kinds: Sequence[str]) -> tuple[str, int]:
+    """The kind and clip count of 'synthetic:KIND[:CLIPS]' (given for --SPLIT-list)."""
     parts = spec.split(":")
-    if parts[0] != "synthetic" or len(parts) not in (2, 3) or parts[1] not in (*LABELS, *DENSE):
-        raise ValueError(f"--{split}-list {spec!r}: expected synthetic:LABEL[:CLIPS] with LABEL one of "
-                         f"{', '.join((*LABELS, *DENSE))}")
-    clips = int(parts[2]) if len(parts) == 3 else DEFAULT_CLIPS[split]
+    if parts[0] != "synthetic" or len(parts) not in (2, 3) or parts[1] not in kinds:
+        raise ValueError(f"--{split}-list {spec!r}: expected synthetic:KIND[:CLIPS] with KIND one of "
+                         f"{', '.join(kinds)}")
+    try:
+        clips = int(parts[2]) if len(parts) == 3 else DEFAULT_CLIPS[split]
+    except ValueError:
+        clips = 0
     if clips < 1:
-        raise ValueError(f"--{split}-list {spec!r}: the clip count must be positive")
+        raise ValueError(f"--{split}-list {spec!r}: the clip count must be a positive number")
+    return parts[1], clips
+
+
+def synthetic_task(spec: str, split: str, *, frames: int, size: int, segments: int, crops: int) -> Task:
+    """'synthetic:LABEL[:CLIPS]' on the built-in set (each split from its own seed); LABEL 'track' or
+    'depth' is the tracking or depth task on the same clips."""
+    kind, clips = parse_synthetic(spec, split, (*LABELS, *DENSE))
     train = split == "train"
     described = {"data": "synthetic", "clips": clips, "seed": SEEDS[split], "frames": frames, "size": size,
                  "segments": segments, "crops": crops, "train": train}
-    if parts[1] in DENSE:
-        return Task(DENSE[parts[1]][0](clips, frames, size, seed=SEEDS[split]), parts[1], 0, described)
+    if kind in DENSE:
+        return Task(DENSE[kind][0](clips, frames, size, seed=SEEDS[split]), kind, 0, described)
     data = SyntheticViews(clips, frames, size, seed=SEEDS[split], segments=segments, crops=crops, train=train)
-    return Task(data, parts[1], len(LABELS[parts[1]]), described)
+    return Task(data, kind, len(LABELS[kind]), described)
 
 
 def list_task(spec: str, split: str, *, frames: int, size: int, segments: int, crops: int, root: str, sampling: str,
               stride: int, seed: int, flip: bool = True) -> Task:
     """Labelled video lists (a list spec as ivn_fast.data.lists reads it); `flip` off mirrors no
     training clip (on, the lists' no-flip sources are still never mirrored)."""
-    data_cfg = DataConfig()
-    no_flip = tuple(s.strip() for s in data_cfg.no_flip_sources.split(","))
+    no_flip = tuple(s.strip() for s in DataConfig().no_flip_sources.split(","))
     try:
         videos = load_lists(spec, root=root, no_flip_sources=no_flip, seed=seed)
     except ListError as e:
@@ -132,14 +141,23 @@ def list_task(spec: str, split: str, *, frames: int, size: int, segments: int, c
     unlabelled = int((videos.labels < 0).sum())
     if unlabelled:
         raise ValueError(f"--{split}-list {spec!r}: {unlabelled} of {len(videos)} videos have no label")
+    files = [(p, w, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p, w in parse_spec(spec)]
+    described = {"data": "list", "lists": files, "root": root}
+    return video_task(videos, split, "label", int(videos.labels.max()) + 1, described, frames=frames, size=size,
+                      segments=segments, crops=crops, sampling=sampling, stride=stride, seed=seed, flip=flip)
+
+
+def video_task(videos: VideoList, split: str, label: str, num_classes: int, described: dict, *, frames: int,
+               size: int, segments: int, crops: int, sampling: str, stride: int, seed: int, flip: bool) -> Task:
+    """Clips of listed videos: one sampled, cropped clip per training video, segments x crops views per
+    validation video; `described` (what the videos are) goes into the task's spec with the clip settings."""
     train = split == "train"
     clips = VideoClips(videos, num_frames=frames, size=size, sampling=sampling, stride=stride,
-                       min_frames=data_cfg.min_frames, flip=flip, seed=seed, train=train, segments=segments,
+                       min_frames=DataConfig().min_frames, flip=flip, seed=seed, train=train, segments=segments,
                        crops=crops)
-    files = [(p, w, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p, w in parse_spec(spec)]
-    return Task(clips if train else GroupedViews(clips, segments * crops), "label", int(videos.labels.max()) + 1, {
-        "data": "list", "lists": files, "root": root, "videos": len(videos), "frames": frames, "size": size,
-        "sampling": sampling, "stride": stride, "segments": segments, "crops": crops, "train": train, "seed": seed})
+    return Task(clips if train else GroupedViews(clips, segments * crops), label, num_classes, {
+        **described, "videos": len(videos), "frames": frames, "size": size, "sampling": sampling, "stride": stride,
+        "segments": segments, "crops": crops, "train": train, "seed": seed})
 
 
 class SyntheticViews(Dataset):
@@ -170,7 +188,7 @@ class SyntheticViews(Dataset):
             windows = [windows[int(torch.randint(len(windows), (), generator=g))]]
         t, s = self.num_frames, self.size
         video = torch.stack([item["video"][:, t0:t0 + t, y:y + s, x:x + s] for t0, y, x in windows])
-        return {"video": video, **{k: item[k] for k in LABELS}}
+        return {"video": video, "index": index, **{k: item[k] for k in LABELS}}
 
 
 class GroupedViews(Dataset):
@@ -392,12 +410,13 @@ def feature_bytes(encoder: VideoEncoder, tasks: dict[str, Task], frames: int, si
     return 4 * encoder.cfg.embed_dim * tokens * views
 
 
-def feature_mode(args: argparse.Namespace, need: int) -> str:
-    """memory or stream: --features, or with auto, memory while the tokens take at most a quarter of RAM."""
-    if args.features != "auto":
-        return args.features
+def feature_mode(choice: str, need: int, *, cached: bool = False) -> str:
+    """memory or stream: `choice` (--features), or with auto, memory while the tokens (`need` bytes) take
+    at most a quarter of RAM or are `cached` on disk."""
+    if choice != "auto":
+        return choice
     budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    mode = "memory" if args.cache_dir or need <= budget else "stream"
+    mode = "memory" if cached or need <= budget else "stream"
     log.info("probe features: %s (keeping every view's tokens would take %.1f GB; a quarter of memory is %.1f GB)",
              mode, need / 1e9, budget / 1e9)
     return mode
@@ -409,7 +428,8 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
     label = tasks["train"].label
     pool = args.head == "linear"
     spec = tasks["train"].spec
-    mode = feature_mode(args, feature_bytes(encoder, tasks, spec["frames"], spec["size"], pool))
+    mode = feature_mode(args.features, feature_bytes(encoder, tasks, spec["frames"], spec["size"], pool),
+                        cached=args.cache_dir is not None)
     sources, cached = {}, {}
     for split, task in tasks.items():
         if mode == "stream":

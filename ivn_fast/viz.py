@@ -13,6 +13,7 @@ from ivn_fast.models.patches import unpatchify
 
 _LABEL_W = 120
 _GAP = 2
+_TITLE_H = 14
 
 
 def _frames(video: torch.Tensor) -> np.ndarray:
@@ -20,23 +21,28 @@ def _frames(video: torch.Tensor) -> np.ndarray:
     return (video.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
-def clip_grid(rows: dict[str, torch.Tensor], clips: int) -> Image.Image:
-    """rows: label -> [B, 3, T, H, W] in [0, 1]. For each clip, one strip of frames per label."""
+def clip_grid(rows: dict[str, torch.Tensor], clips: int, titles: list[str] | None = None) -> Image.Image:
+    """rows: label -> [B, 3, T, H, W] in [0, 1]. For each clip, one strip of frames per label, under
+    its title when given."""
     first = next(iter(rows.values()))
     _, _, t, h, w = first.shape
     n = min(clips, first.shape[0])
     strips = len(rows) * n
+    title_h = _TITLE_H if titles else 0
     width = _LABEL_W + t * (w + _GAP)
-    height = strips * (h + _GAP) + n * 6
+    height = strips * (h + _GAP) + n * (6 + title_h)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     y = 0
     for i in range(n):
+        if titles:
+            draw.text((4, y + 1), titles[i], fill=(0, 0, 0))
+            y += title_h
         for label, video in rows.items():
             frames = _frames(video[i])
             for j in range(t):
                 canvas.paste(Image.fromarray(np.ascontiguousarray(frames[j])), (_LABEL_W + j * (w + _GAP), y))
-            draw.text((4, y + h // 2 - 6), f"clip {i}: {label}", fill=(0, 0, 0))
+            draw.text((4, y + h // 2 - 6), f"clip {i}: {label}" if not titles else label, fill=(0, 0, 0))
             y += h + _GAP
         y += 6
     return canvas
@@ -52,8 +58,9 @@ def _save(img: Image.Image, path: Path) -> Path:
     return path
 
 
-def save_clip_grid(rows: dict[str, torch.Tensor], path: Path, clips: int = 4) -> Path:
-    return _save(clip_grid(rows, clips), path)
+def save_clip_grid(rows: dict[str, torch.Tensor], path: Path, clips: int = 4,
+                   titles: list[str] | None = None) -> Path:
+    return _save(clip_grid(rows, clips, titles), path)
 
 
 _PANEL_W, _PANEL_H, _MARGIN = 420, 260, 48

@@ -205,15 +205,14 @@ def test_streamed_training_views_change_with_the_epoch():
 
 
 def test_feature_mode_keeps_what_fits_and_streams_the_rest(caplog):
-    from argparse import Namespace
-
     from ivn_fast.probe import feature_mode
 
     with caplog.at_level(logging.INFO, logger="ivn_fast"):
-        assert feature_mode(Namespace(features="auto", cache_dir=None), 10**6) == "memory"
-        assert feature_mode(Namespace(features="auto", cache_dir=None), 10**15) == "stream"
+        assert feature_mode("auto", 10**6) == "memory"
+        assert feature_mode("auto", 10**15) == "stream"
+        assert feature_mode("auto", 10**15, cached=True) == "memory"
     assert "keeping every view's tokens would take 1000000.0 GB" in caplog.text
-    assert feature_mode(Namespace(features="stream", cache_dir=None), 1) == "stream"
+    assert feature_mode("stream", 1) == "stream"
 
 
 def test_cli_streams_a_list_probe(tiny_checkpoint, tmp_path, capsys):

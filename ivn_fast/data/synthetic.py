@@ -27,6 +27,8 @@ LABELS = {"shape": SHAPES, "direction": DIRECTIONS, "speed": SPEEDS}
 # Distance travelled over the whole clip, as a fraction of the frame side.
 _TRAVEL = (0.15, 0.30, 0.45)
 _RADIUS = (0.12, 0.18)
+# the shapes' colours, named as captions call them
+COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "white")
 _PALETTE = torch.tensor([
     (0.90, 0.10, 0.10), (0.10, 0.70, 0.20), (0.15, 0.30, 0.95), (0.95, 0.80, 0.10),
     (0.85, 0.20, 0.85), (0.10, 0.80, 0.85), (0.95, 0.50, 0.05), (0.97, 0.97, 0.97),
@@ -36,6 +38,23 @@ _EDGE = 0.01  # anti-aliasing width of the shape's edge, fraction of the frame s
 # stands _SIZE_AT_1M / r away (1.7-2.5 m); the backdrop rises from 3 m at the bottom to 5 m at the top.
 _SIZE_AT_1M = 0.3
 _BACKDROP = (3.0, 5.0)
+
+
+class Look(NamedTuple):
+    """What a clip's generator draws before its background: where the shape starts, its spin, its
+    size and its colour."""
+
+    radius: float  # fraction of the frame side
+    x0: float
+    y0: float
+    spin: float  # radians per frame
+    theta0: float
+    colour: int  # index into COLOURS
+
+    @property
+    def small(self) -> bool:
+        """In the lower half of the radius range (captions call it small, else large)."""
+        return self.radius < sum(_RADIUS) / 2
 
 
 class Rendered(NamedTuple):
@@ -87,15 +106,9 @@ def _background(size: int, g: torch.Generator) -> torch.Tensor:
     return (base + field + grain).clamp(0, 1)
 
 
-def render_clip(
-    *, shape: int, direction: int, speed: int, num_frames: int, size: int, g: torch.Generator
-) -> Rendered:
-    """Pixels, the shape's box (the pixels it covers at least half) and depth in every frame; the
-    other properties (colour, size, start, spin) come from g."""
+def _look(direction: int, speed: int, num_frames: int, g: torch.Generator) -> Look:
     r = _RADIUS[0] + (_RADIUS[1] - _RADIUS[0]) * float(torch.rand((), generator=g))
-    angle = direction * math.pi / 4
-    travel = _TRAVEL[speed]
-    dx, dy = travel * math.cos(angle), travel * math.sin(angle)
+    dx, dy = _travel(direction, speed)
     margin = r + _EDGE
 
     def start(d: float) -> float:
@@ -105,13 +118,29 @@ def render_clip(
     x0, y0 = start(dx), start(dy)
     spin = (float(torch.rand((), generator=g)) - 0.5) * 2 * math.pi / max(num_frames, 1)
     theta0 = float(torch.rand((), generator=g)) * 2 * math.pi
-    colour = _PALETTE[int(torch.randint(len(_PALETTE), (), generator=g))]
+    return Look(r, x0, y0, spin, theta0, int(torch.randint(len(_PALETTE), (), generator=g)))
+
+
+def _travel(direction: int, speed: int) -> tuple[float, float]:
+    """The shape's displacement over the whole clip, in fractions of the frame (y up)."""
+    angle = direction * math.pi / 4
+    return _TRAVEL[speed] * math.cos(angle), _TRAVEL[speed] * math.sin(angle)
+
+
+def render_clip(
+    *, shape: int, direction: int, speed: int, num_frames: int, size: int, g: torch.Generator
+) -> Rendered:
+    """Pixels, the shape's box (the pixels it covers at least half) and depth in every frame; the
+    other properties (the Look, then the background) come from g."""
+    look = _look(direction, speed, num_frames, g)
+    r, colour = look.radius, _PALETTE[look.colour]
+    dx, dy = _travel(direction, speed)
     background = _background(size, g)
 
     xx, yy = _grid(size)
     frac = torch.arange(num_frames, dtype=torch.float32) / max(num_frames - 1, 1)
-    cx, cy = (x0 + dx * frac).view(-1, 1, 1), (y0 + dy * frac).view(-1, 1, 1)
-    theta = (theta0 + spin * torch.arange(num_frames, dtype=torch.float32)).view(-1, 1, 1)
+    cx, cy = (look.x0 + dx * frac).view(-1, 1, 1), (look.y0 + dy * frac).view(-1, 1, 1)
+    theta = (look.theta0 + look.spin * torch.arange(num_frames, dtype=torch.float32)).view(-1, 1, 1)
     px, py = xx - cx, yy - cy
     lx = px * torch.cos(theta) + py * torch.sin(theta)
     ly = -px * torch.sin(theta) + py * torch.cos(theta)
@@ -159,13 +188,20 @@ class SyntheticVideos(Dataset):
         speed, direction = divmod(code, len(DIRECTIONS))
         return {"shape": shape, "direction": direction, "speed": speed}
 
-    def render(self, index: int) -> tuple[dict[str, int], Rendered]:
-        """Clip `index`'s labels and everything the renderer knows of it (boxes and depth too)."""
+    def _generator(self, index: int) -> torch.Generator:
         if not 0 <= index < self.num_videos:
             raise IndexError(f"clip {index} outside [0, {self.num_videos})")
+        return torch.Generator().manual_seed((self.seed + 1) * 2_654_435_761 + index)
+
+    def render(self, index: int) -> tuple[dict[str, int], Rendered]:
+        """Clip `index`'s labels and everything the renderer knows of it (boxes and depth too)."""
         labels = self.labels(index)
-        g = torch.Generator().manual_seed((self.seed + 1) * 2_654_435_761 + index)
-        return labels, render_clip(num_frames=self.num_frames, size=self.size, g=g, **labels)
+        return labels, render_clip(num_frames=self.num_frames, size=self.size, g=self._generator(index), **labels)
+
+    def look(self, index: int) -> Look:
+        """Clip `index`'s colour, size and path, without rendering it (a caption's words)."""
+        labels = self.labels(index)
+        return _look(labels["direction"], labels["speed"], self.num_frames, self._generator(index))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         labels, clip = self.render(index)

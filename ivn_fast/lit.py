@@ -1,0 +1,444 @@
+"""Video-text evaluation of a frozen encoder by LiT (locked-image tuning): the paper's zero-shot
+retrieval and zero-shot classification.
+
+    python -m ivn_fast.lit --checkpoint CKPT --train-list synthetic:captions --val-list synthetic:captions \\
+        --zero-shot-list synthetic:direction [--plot PNG] [--json OUT]
+    torchrun --nproc-per-node 8 -m ivn_fast.lit --checkpoint CKPT --text-model /models/mobileclip-b-text \\
+        --train-list webvid.jsonl,cc3m.jsonl --val-list msrvtt_1k_test.json --root /data \\
+        --zero-shot-list k400_val.txt --class-names k400_classes.txt --epochs 5 --batch 4096
+
+The encoder stays frozen. A video head (the attentive probe's block, or a LayerNorm of the mean
+token, then a projection into the joint space) and a text tower (`--text-model`: a transformers
+text model and tokenizer saved in a local directory, such as MobileCLIP-B's text encoder in CLIP's
+layout, which the paper starts from; `builtin`: a small random CLIP-style transformer over the
+synthetic captions' words) train with CLIP's symmetric contrastive loss and a learned temperature.
+The paper does not say how the frozen tokens are pooled; the head here is ours.
+
+Caption lists are JSON or JSONL records of a video and its caption(s) (`ivn_fast.data.captions`);
+several comma-separated lists are read as one. `synthetic:captions[:CLIPS]` captions the built-in
+clips by their shape, colour, size, direction and speed (training draws one of three phrasings per
+clip and epoch; validation uses the first).
+
+After each epoch the validation videos and captions are embedded (a video's views averaged) and
+ranked both ways: text-to-video and video-to-text recall at 1, 5 and 10 and the median rank (a
+video with several captions counts as found by any of them). `--zero-shot-list` (a labelled video
+list, or `synthetic:LABEL`) is classified at the end without training on it: each class name goes
+through the prompts (`--prompt`, averaged; on the synthetic set, by default, the captions' first
+phrasing with every value of the words the label leaves open) and each clip takes the nearest
+class, its views' softmax averaged.
+
+Training clips take no horizontal flip unless `--flip` (captions may say left or right). Under
+torchrun the tokens are streamed, every process encodes its share of each batch, and the loss
+contrasts each process's pairs against the whole batch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ivn_fast.data.captions import read_captions, synthetic_captions, synthetic_prompts, synthetic_vocabulary
+from ivn_fast.data.lists import ListError
+from ivn_fast.data.synthetic import LABELS
+from ivn_fast.data.transforms import denormalize
+from ivn_fast.features import Kept, Streamed, encode, gather_rows
+from ivn_fast.fit import Batches, fit, predict_rows, shuffled
+from ivn_fast.models.attention_table import configure as configure_attention
+from ivn_fast.models.encoder import VideoEncoder
+from ivn_fast.models.probe import PROBE_KINDS, build_probe
+from ivn_fast.models.text import TextTower, builtin_text_model, load_text_model
+from ivn_fast.probe import (SEEDS, SyntheticViews, Task, add_clip_options, add_device_options,
+                            add_input_options, check_at_least_one, feature_bytes, feature_mode, load_task,
+                            parse_synthetic, settings, start_processes, topk_accuracy, video_task)
+from ivn_fast.train.distributed import World, broadcast_object, gather_with_grad, mean_over_ranks, shutdown
+from ivn_fast.train.optim import param_groups
+from ivn_fast.viz import save_clip_grid, save_curves
+
+log = logging.getLogger("ivn_fast")
+
+# LiT's recipe at toy scale: AdamW, cosine; CLIP's initial temperature 0.07 and its cap of 100 on the scale
+LR, WEIGHT_DECAY, BATCH, EPOCHS = 5e-4, 0.05, 64, 20
+INIT_TEMPERATURE, MAX_SCALE = 0.07, 100.0
+LIST_PROMPT = "a video of {}."
+RECALLS = (1, 5, 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Captioned:
+    """A split of captioned clips: the task (its items' task.label key holds the clip's caption row) and
+    every row's captions."""
+
+    task: Task
+    captions: list[list[str]]
+
+
+def caption_task(spec: str, split: str, args: argparse.Namespace, frames: int, size: int) -> Captioned:
+    """'synthetic:captions[:CLIPS]' or caption files (comma-separated)."""
+    views = {"segments": args.segments, "crops": args.crops}
+    if spec.split(":")[0] == "synthetic":
+        _, clips = parse_synthetic(spec, split, ("captions",))
+        train = split == "train"
+        data = SyntheticViews(clips, frames, size, seed=SEEDS[split], train=train, **views)
+        captions = [synthetic_captions(data.clips, i) for i in range(clips)]
+        described = {"data": "synthetic captions", "clips": clips, "seed": SEEDS[split], "frames": frames,
+                     "size": size, "train": train, **views}
+        return Captioned(Task(data, "index", 0, described), captions if train else [c[:1] for c in captions])
+    try:
+        table = read_captions(spec.split(","), args.root)
+    except ListError as e:
+        raise ValueError(f"--{split}-list: {e}") from None
+    task = video_task(table.videos, split, "label", 0, {"data": "captions", "lists": spec.split(",")},
+                      frames=frames, size=size, sampling=args.sampling, stride=args.stride, seed=args.seed,
+                      flip=args.flip, **views)
+    return Captioned(task, table.captions)
+
+
+class VideoEmbedding(nn.Module):
+    """Frozen tokens [B, S, C] -> L2-normalised [B, dim]: a probe head whose classes are the joint space."""
+
+    def __init__(self, head: str, width: int, dim: int, num_heads: int):
+        super().__init__()
+        self.head = build_probe(head, width, dim, num_heads)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(tokens), dim=-1)
+
+
+class LiT(nn.Module):
+    """The trained parts: the video head, the text tower and the temperature."""
+
+    def __init__(self, video: VideoEmbedding, text: TextTower):
+        super().__init__()
+        self.video, self.text = video, text
+        self.log_scale = nn.Parameter(torch.tensor(-np.log(INIT_TEMPERATURE), dtype=torch.float32))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=float(np.log(MAX_SCALE))).exp()
+
+    def forward(self, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.video(tokens), self.text(ids, mask), self.scale
+
+
+def contrastive_loss(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE: this process's pairs [b, D] against every process's (pair i matches i)."""
+    all_video, start = gather_with_grad(video)
+    all_text, _ = gather_with_grad(text)
+    target = torch.arange(len(video), device=video.device) + start
+    to_text, to_video = scale * video @ all_text.T, scale * text @ all_video.T
+    return (F.cross_entropy(to_text, target) + F.cross_entropy(to_video, target)) / 2
+
+
+def draw_caption(options: Sequence[str], seed: int, epoch: int, row: int) -> str:
+    """One of a clip's captions, a pure function of (seed, epoch, row)."""
+    return options[int(np.random.default_rng([seed, epoch, row]).integers(len(options)))]
+
+
+def with_captions(batches: Batches, captions: list[list[str]], text: TextTower, seed: int) -> Batches:
+    """Batches of (tokens, rows) as (tokens, caption ids, caption mask), one caption drawn per clip and epoch."""
+
+    def epoch(e: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        for tokens, rows in batches(e):
+            ids, mask = text.tokenize([draw_caption(captions[r], seed, e, r) for r in rows.tolist()])
+            yield tokens, ids, mask
+
+    return epoch
+
+
+@torch.no_grad()
+def embed_videos(video: nn.Module, source: Kept | Streamed, batch: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings [N, V, D] of every view of every clip (CPU, float32), and the clips' labels [N]."""
+    if isinstance(source, Kept):
+        n, v = source.tokens.shape[:2]
+        return predict_rows(video, (source.tokens.flatten(0, 1),), batch * v, device).view(n, v, -1), source.labels
+    video.eval()
+    out, labels = [], []
+    for tokens, y in source.batches():
+        out.append(video(tokens.flatten(0, 1)).float().cpu().unflatten(0, tokens.shape[:2]))
+        labels.append(y)
+    return gather_rows(torch.cat(out), source.world), gather_rows(torch.cat(labels), source.world)
+
+
+@torch.no_grad()
+def embed_texts(text: TextTower, texts: Sequence[str], batch: int, device: torch.device) -> torch.Tensor:
+    text.eval()
+    out = []
+    for i in range(0, len(texts), batch):
+        ids, mask = text.tokenize(texts[i:i + batch])
+        out.append(text(ids.to(device), mask.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def retrieval_metrics(video: torch.Tensor, text: torch.Tensor, owner: torch.Tensor, chunk: int = 1024) -> dict:
+    """Recall at 1, 5, 10 and median rank, text to video and video to text, of embeddings video [V, D]
+    and text [M, D] where caption m belongs to video owner[m]; a video is found by text when any of its
+    captions is (ties count in its favour)."""
+    sim = text @ video.T  # [M, V]
+    own = sim.gather(1, owner[:, None])[:, 0]
+    t2v = (sim > own[:, None]).sum(1)
+    each = torch.cat([(sim[:, owner[i:i + chunk]].T > own[i:i + chunk, None]).sum(1)
+                      for i in range(0, len(owner), chunk)])  # caption m's rank among all captions, for its video
+    v2t = torch.full((len(video),), len(owner), dtype=each.dtype).scatter_reduce(0, owner, each, "amin")
+    out = {}
+    for name, ranks in (("t2v", t2v), ("v2t", v2t)):
+        out.update({f"{name}_r{k}": (ranks < k).float().mean().item() for k in RECALLS})
+        out[f"{name}_medr"] = ranks.float().add(1).median().item()
+    out["mean_r1"] = (out["t2v_r1"] + out["v2t_r1"]) / 2
+    return out
+
+
+def retrieval(model: LiT, source: Kept | Streamed, captions: list[list[str]], batch: int,
+              device: torch.device) -> tuple[dict, torch.Tensor, list[int]]:
+    """The validation split ranked both ways; and the videos' embeddings [V, D] and caption rows. A row
+    seen twice (a bad video replaced by another) counts once."""
+    views, rows = embed_videos(model.video, source, batch, device)
+    first: dict[int, int] = {}
+    for i, r in enumerate(rows.tolist()):
+        first.setdefault(r, i)
+    kept = list(first)
+    video = F.normalize(views[list(first.values())].mean(1), dim=-1)
+    texts = [c for r in kept for c in captions[r]]
+    owner = torch.tensor([j for j, r in enumerate(kept) for _ in captions[r]])
+    metrics = retrieval_metrics(video, embed_texts(model.text, texts, batch, device), owner)
+    return {**metrics, "videos": len(kept), "captions": len(texts)}, video, kept
+
+
+def zero_shot(model: LiT, source: Kept | Streamed, names: Sequence[str], prompts: Sequence[str], batch: int,
+              device: torch.device) -> dict:
+    """Top-1 / top-5 of the nearest class text (each class's prompts averaged), views' softmax averaged."""
+    per_class = embed_texts(model.text, [p.format(n) for n in names for p in prompts], batch, device)
+    classes = F.normalize(per_class.view(len(names), len(prompts), -1).mean(1), dim=-1)
+    views, labels = embed_videos(model.video, source, batch, device)
+    probs = (model.scale.detach().cpu() * views @ classes.T).softmax(-1).mean(1)
+    return {"top1": topk_accuracy(probs, labels, 1), "top5": topk_accuracy(probs, labels, 5), "classes": len(names)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ivn_fast.lit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_options(parser, "synthetic:captions[:CLIPS] or caption files (.json / .jsonl, comma-separated)")
+    parser.add_argument("--text-model", default="builtin",
+                        help="local directory of a transformers text model and its tokenizer (of a CLIP or SigLIP "
+                             "checkpoint, its text side), or builtin: a small random one over the synthetic words")
+    parser.add_argument("--head", default="attentive", choices=PROBE_KINDS,
+                        help="video head: the attentive probe's block, or linear (LayerNorm of the mean token)")
+    parser.add_argument("--embed-dim", type=int, default=0, help="joint embedding width (0: the encoder's width)")
+    parser.add_argument("--heads", type=int, default=0, help="attention heads of the attentive head (0: the encoder's)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs")
+    parser.add_argument("--batch", type=int, default=BATCH,
+                        help="pairs per contrastive batch, over all processes (and clips per encoding batch)")
+    parser.add_argument("--lr", type=float, default=LR, help="peak AdamW learning rate (cosine to 0)")
+    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW weight decay")
+    parser.add_argument("--zero-shot-list", default="",
+                        help="classify these clips zero-shot after training: synthetic:LABEL[:CLIPS] (LABEL shape, "
+                             "direction or speed) or a labelled video list")
+    parser.add_argument("--class-names", type=Path,
+                        help="the zero-shot list's class names, one per line (line i names label i)")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="zero-shot prompt with {} for the class name; repeat to average several (default: "
+                             f"{LIST_PROMPT!r} for lists; for a synthetic label, the first caption phrasing with "
+                             "every value of the other words, averaged)")
+    parser.add_argument("--segments", type=int, default=1, help="temporal segments per validation clip")
+    parser.add_argument("--crops", type=int, default=1, help="spatial crops per segment of a validation clip")
+    add_clip_options(parser)
+    parser.add_argument("--flip", action="store_true", help="mirror training clips at random (off: captions may "
+                                                            "name left and right)")
+    parser.add_argument("--features", default="auto", choices=("auto", "memory", "stream"),
+                        help="keep every view's tokens (memory), encode clips as they are read (stream: fresh "
+                             "crops each epoch; always under torchrun), or auto: memory while it takes at most a "
+                             "quarter of this machine's memory")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="DataLoader processes that render or decode clips (0: in the main process)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the heads, the text tower and the data order")
+    add_device_options(parser, "the frozen encoder's forward; the heads and the text tower train in float32")
+    parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
+    parser.add_argument("--plot", type=Path,
+                        help="draw the curves here (PNG): validation mean R@1 and training loss per epoch; and "
+                             "PLOT-retrieval.png, the first validation captions with their clip and the three "
+                             "clips retrieved for them")
+    return parser
+
+
+def class_names(args: argparse.Namespace, task: Task) -> list[str]:
+    """Names of the zero-shot task's classes: the synthetic set's, or --class-names (one per label)."""
+    if task.label in LABELS:
+        return list(LABELS[task.label])
+    if args.class_names is None:
+        raise ValueError("--zero-shot-list of videos needs --class-names (one class name per line)")
+    try:
+        names = [line.strip() for line in args.class_names.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as e:
+        raise ValueError(f"--class-names: {e}") from None
+    if len(names) < task.num_classes:
+        raise ValueError(f"--class-names {args.class_names} names {len(names)} classes; the list has labels up to "
+                         f"{task.num_classes - 1}")
+    return names
+
+
+def prompts(args: argparse.Namespace, task: Task) -> list[str]:
+    chosen = args.prompt or (synthetic_prompts(task.label) if task.label in LABELS else [LIST_PROMPT])
+    for p in chosen:
+        if p.count("{}") != 1:
+            raise ValueError(f"--prompt {p!r}: a prompt holds the class name as one {{}}")
+    return chosen
+
+
+def text_tower(args: argparse.Namespace, dim: int) -> TextTower:
+    torch.manual_seed(args.seed)
+    if args.text_model == "builtin":
+        return TextTower(*builtin_text_model(synthetic_vocabulary()), dim)
+    return TextTower(*load_text_model(args.text_model), dim)
+
+
+def sources(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device,
+            world: World) -> tuple[dict[str, Kept | Streamed], str]:
+    """Each split's tokens, kept or streamed (mean-pooled for the linear head); and which."""
+    pool = args.head == "linear"
+    spec = tasks["train"].spec
+    need = feature_bytes(encoder, tasks, spec["frames"], spec["size"], pool)
+    mode = "stream" if world.size > 1 else feature_mode(args.features, need)
+    out = {}
+    for split, task in tasks.items():
+        if mode == "stream":
+            out[split] = Streamed(encoder, task.data, task.label, batch=max(1, args.batch // world.size),
+                                  device=device, workers=args.workers, pool=pool, world=world, amp=args.amp)
+        else:
+            tokens, labels = encode(encoder, task.data, (task.label,), args.batch, device, pool=pool,
+                                    workers=args.workers, amp=args.amp)
+            out[split] = Kept(tokens, labels[task.label])
+    return out, mode
+
+
+def train_lit(args: argparse.Namespace, encoder: VideoEncoder, splits: dict[str, Captioned],
+              zero: Task | None, device: torch.device, world: World) -> dict:
+    """Train the video head and text tower on the training pairs; validation retrieval after each epoch,
+    zero-shot classification at the end; with --plot, the curves and the retrieval picture."""
+    tasks = {split: c.task for split, c in splits.items()} | ({"zero-shot": zero} if zero else {})
+    source, mode = sources(args, encoder, tasks, device, world)
+    dim = args.embed_dim or encoder.cfg.embed_dim
+    torch.manual_seed(args.seed)
+    video = VideoEmbedding(args.head, encoder.cfg.embed_dim, dim, args.heads or encoder.cfg.num_heads)
+    model = LiT(video, text_tower(args, dim)).to(device)
+    trained = model if world.size == 1 else DistributedDataParallel(model)
+    train = source["train"]
+    if isinstance(train, Streamed):
+        pairs, steps = train.epochs(args.batch, args.seed), train.steps(args.batch)
+    else:
+        pairs, steps = shuffled((train.tokens[:, 0], train.labels), args.batch, args.seed)
+    batches = with_captions(pairs, splits["train"].captions, model.text, args.seed)
+    val = splits["val"].captions
+
+    def loss(m: nn.Module, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(*m(tokens, ids, mask))
+
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
+    curve, losses = fit(trained, batches, steps, loss,
+                        lambda _: retrieval(model, source["val"], val, args.batch, device)[0]["mean_r1"],
+                        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, device=device, optimizer=opt)
+    ranked, video_emb, rows = retrieval(model, source["val"], val, args.batch, device)
+    record = {"curve": curve, "train_loss": mean_over_ranks(torch.tensor(losses, device=device)).tolist(),
+              "retrieval": ranked, "features": mode, "temperature": 1 / model.scale.item()}
+    if zero is not None:
+        record["zero_shot"] = {"task": zero.label, **zero_shot(model, source["zero-shot"], class_names(args, zero),
+                                                               prompts(args, zero), args.batch, device)}
+    if args.plot and world.is_main:
+        save_curves({"validation mean R@1": {"text and video": curve},
+                     "training loss": {"contrastive": record["train_loss"]}}, args.plot,
+                    f"LiT, {'random encoder' if args.random_init else args.checkpoint}",
+                    baseline={"validation mean R@1": 1 / ranked["videos"]})
+        save_retrieval_grid(model, video_emb, rows, splits["val"], args.plot.with_name(
+            f"{args.plot.stem}-retrieval.png"), device)
+    return record
+
+
+def save_retrieval_grid(model: LiT, video: torch.Tensor, rows: list[int], val: Captioned, path: Path,
+                        device: torch.device, queries: int = 4, top: int = 3) -> Path:
+    """The first validation captions, each with its own clip and the `top` clips it retrieves (first
+    view); video [V, D] are the ranked videos' embeddings, rows their caption rows (= dataset items)."""
+    n = min(queries, len(rows))
+    texts = [val.captions[r][0] for r in rows[:n]]
+    found = (embed_texts(model.text, texts, n, device) @ video.T).topk(min(top, len(rows)), dim=1).indices
+
+    def clip(row: int) -> torch.Tensor:
+        v = val.task.data[row]["video"]
+        return denormalize(v if v.dim() == 4 else v[0], channel_dim=0)
+
+    grid = {"its clip": torch.stack([clip(r) for r in rows[:n]])}
+    for k in range(found.shape[1]):
+        grid[f"retrieved {k + 1}"] = torch.stack([clip(rows[int(found[i, k])]) for i in range(n)])
+    return save_clip_grid(grid, path, clips=n, titles=[f'"{t}"' for t in texts])
+
+
+def summarise(args: argparse.Namespace, record: dict) -> str:
+    r = record["retrieval"]
+    text = (f"LiT ({args.head} head, text model {args.text_model}{', random encoder' if args.random_init else ''}): "
+            f"text-to-video R@1 {r['t2v_r1']:.3f} R@5 {r['t2v_r5']:.3f} R@10 {r['t2v_r10']:.3f}, video-to-text "
+            f"R@1 {r['v2t_r1']:.3f} R@5 {r['v2t_r5']:.3f} R@10 {r['v2t_r10']:.3f} ({r['videos']} videos, "
+            f"{r['captions']} captions; chance R@1 {1 / r['videos']:.3f})")
+    if "zero_shot" in record:
+        z = record["zero_shot"]
+        text += (f"; zero-shot {z['task']} top-1 {z['top1']:.3f}, top-5 {z['top5']:.3f} "
+                 f"(chance {1 / z['classes']:.3f})")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ivn_fast.export import load_encoder
+
+    args = build_parser().parse_args(argv)
+    try:
+        check_at_least_one(args, ("epochs", "batch", "segments", "crops", "stride"))
+        if args.embed_dim < 0:
+            raise ValueError(f"--embed-dim must be >= 0, got {args.embed_dim}")
+        if args.text_model != "builtin" and not Path(args.text_model).is_dir():
+            raise ValueError(f"--text-model {args.text_model}: not a directory (save_pretrained writes one)")
+        device, world = start_processes(args)
+        log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
+        encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+        frames = args.frames or encoder.grid[0]
+        size = args.size or encoder.grid[1] * encoder.cfg.patch_size
+        if size % encoder.cfg.patch_size:
+            raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
+        splits = {split: caption_task(spec, split, args, frames, size)
+                  for split, spec in (("train", args.train_list), ("val", args.val_list))}
+        zero = load_task(args.zero_shot_list, "zero-shot", args, frames, size) if args.zero_shot_list else None
+        if zero is not None:
+            if zero.num_classes == 0:
+                raise ValueError(f"--zero-shot-list {args.zero_shot_list}: not a classification task")
+            class_names(args, zero)  # checked before the encoder runs
+            prompts(args, zero)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ivn_fast.lit: error: {e}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        record = train_lit(args, encoder, splits, zero, device, world)
+    finally:
+        shutdown()
+    if not world.is_main:
+        return 0
+    record.update({"seconds": round(time.perf_counter() - start, 1), "settings": settings(args),
+                   "frames": frames, "size": size, "data": {s: c.task.spec for s, c in splits.items()} |
+                   ({"zero-shot": zero.spec} if zero else {})})
+    print(f"{summarise(args, record)} in {record['seconds']} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
