@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -133,12 +134,15 @@ class LiT(nn.Module):
 
 
 def contrastive_loss(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE: this process's pairs [b, D] against every process's (pair i matches i)."""
+    """CLIP's symmetric InfoNCE: this process's pairs [b, D] against every process's (pair i matches i),
+    weighted by this process's share of the batch, so that the mean over processes (DDP's) is the whole
+    batch's mean even when the shares differ by one."""
     all_video, start = gather_with_grad(video)
     all_text, _ = gather_with_grad(text)
     target = torch.arange(len(video), device=video.device) + start
     to_text, to_video = scale * video @ all_text.T, scale * text @ all_video.T
-    return (F.cross_entropy(to_text, target) + F.cross_entropy(to_video, target)) / 2
+    share = len(video) * (dist.get_world_size() if dist.is_initialized() else 1) / len(all_video)
+    return share * (F.cross_entropy(to_text, target) + F.cross_entropy(to_video, target)) / 2
 
 
 def draw_caption(options: Sequence[str], seed: int, epoch: int, row: int) -> str:

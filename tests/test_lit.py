@@ -211,3 +211,32 @@ def test_two_processes_train_lit_as_one_does(tiny_checkpoint, tmp_path):
     torch.testing.assert_close(torch.tensor(two["train_loss"]), torch.tensor(one["train_loss"]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(two["curve"]), torch.tensor(one["curve"]))
     assert two["retrieval"]["videos"] == one["retrieval"]["videos"] == 12
+
+
+def _contrast_on_two_processes(rank: int, path: str, video: torch.Tensor, text: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    mine = slice(0, 3) if rank == 0 else slice(3, 5)  # shares of 3 and 2 pairs
+    v, t = video[mine].clone().requires_grad_(), text[mine].clone().requires_grad_()
+    loss = contrastive_loss(v, t, torch.tensor(5.0))
+    loss.backward()
+    torch.save({"loss": loss.detach(), "video": v.grad, "text": t.grad}, f"{path}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_contrastive_loss_over_unequal_shares_of_two_processes_is_the_whole_batchs(tmp_path):
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(1)
+    video = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    text = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    mp.spawn(_contrast_on_two_processes, args=(str(tmp_path / "pg"), video, text), nprocs=2)
+    parts = [torch.load(tmp_path / f"pg.{r}") for r in range(2)]
+    v, t = video.clone().requires_grad_(), text.clone().requires_grad_()
+    whole = contrastive_loss(v, t, torch.tensor(5.0))
+    whole.backward()
+    # DDP averages the processes' gradients: the mean of their losses, and twice each one's input gradient
+    torch.testing.assert_close((parts[0]["loss"] + parts[1]["loss"]) / 2, whole.detach())
+    torch.testing.assert_close(torch.cat([p["video"] for p in parts]) / 2, v.grad)
+    torch.testing.assert_close(torch.cat([p["text"] for p in parts]) / 2, t.grad)

@@ -107,8 +107,8 @@ class _GatherRows(torch.autograd.Function):
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Rows of every process (their counts may differ), gradients flowing back to each; and where this
-    process's rows start. A contrastive loss over the global batch: each process's loss on its own rows
-    against all, summed over processes by the backward pass and averaged by DDP, is the global mean."""
+    process's rows start. For a loss over the whole batch: each process's loss on its own rows against
+    everyone's gets the gradient of the sum over processes, which DDP then averages."""
     if not dist.is_initialized():
         return x, 0
     count = torch.tensor([len(x)], device=x.device)
