@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -62,7 +61,7 @@ from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.models.text import TextTower, builtin_text_model, load_text_model
 from ivn_fast.probe import (SEEDS, SyntheticViews, Task, add_clip_options, add_device_options,
                             add_input_options, check_at_least_one, feature_bytes, feature_mode, load_task,
-                            parse_synthetic, settings, start_processes, topk_accuracy, video_task)
+                            parse_synthetic, report, start_processes, topk_accuracy, video_task)
 from ivn_fast.train.distributed import World, broadcast_object, gather_with_grad, mean_over_ranks, shutdown
 from ivn_fast.train.optim import param_groups
 from ivn_fast.viz import save_clip_grid, save_curves
@@ -434,13 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
     if not world.is_main:
         return 0
-    record.update({"seconds": round(time.perf_counter() - start, 1), "settings": settings(args),
-                   "frames": frames, "size": size, "data": {s: c.task.spec for s, c in splits.items()} |
+    record.update({"frames": frames, "size": size, "data": {s: c.task.spec for s, c in splits.items()} |
                    ({"zero-shot": zero.spec} if zero else {})})
-    print(f"{summarise(args, record)} in {record['seconds']} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    report(args, record, summarise(args, record), start)
     return 0
 
 

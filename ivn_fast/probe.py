@@ -609,16 +609,21 @@ def main(argv: list[str] | None = None) -> int:
     if not world.is_main:
         return 0
     summary = record.pop("summary")
-    record.update({"seconds": round(time.perf_counter() - start, 1),
-                   "settings": settings(args),
-                   "clips": {split: len(t.data) for split, t in tasks.items()}, "frames": frames, "size": size,
+    record.update({"clips": {split: len(t.data) for split, t in tasks.items()}, "frames": frames, "size": size,
                    "views": {"segments": args.segments, "crops": args.crops},
                    "data": {s: t.spec for s, t in tasks.items()}})
+    report(args, record, summary, start)
+    return 0
+
+
+def report(args: argparse.Namespace, record: dict, summary: str, start: float) -> None:
+    """Print the summary with the seconds since `start`; with --json, write the record with them and the
+    settings."""
+    record.update({"seconds": round(time.perf_counter() - start, 1), "settings": settings(args)})
     print(f"{summary} in {record['seconds']} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

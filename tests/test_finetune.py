@@ -14,6 +14,7 @@ from ivn_fast.finetune import epoch_keys, layer_of
 from ivn_fast.finetune import main as finetune_main
 from ivn_fast.train.distributed import World
 from ivn_fast.train.optim import layer_decay_groups
+from launch import torchrun
 
 
 class _Tiny(nn.Module):
@@ -108,20 +109,12 @@ def test_cli_fine_tunes_checkpoints_and_resumes_exactly(tiny_checkpoint, tmp_pat
 
 
 def test_two_processes_fine_tune_as_one_does(tiny_checkpoint, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     def run(nproc: int) -> dict:
         out = tmp_path / str(nproc)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "ivn_fast.finetune", "--checkpoint", str(tiny_checkpoint), "--train-list",
-               "synthetic:direction:16", "--val-list", "synthetic:direction:8", "--epochs", "2", "--batch", "8",
-               "--workers", "0", "--segments", "1", "--crops", "1", "--drop-path", "0", "--cutmix", "0", "--lr", "1e-3",
-               "--output-dir", str(out)]
-        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        torchrun("ivn_fast.finetune", nproc, "--checkpoint", str(tiny_checkpoint), "--train-list",
+                 "synthetic:direction:16", "--val-list", "synthetic:direction:8", "--epochs", "2", "--batch", "8",
+                 "--workers", "0", "--segments", "1", "--crops", "1", "--drop-path", "0", "--cutmix", "0",
+                 "--lr", "1e-3", "--output-dir", str(out))
         return json.loads((out / "finetune.json").read_text())
 
     one, two = run(1), run(2)

@@ -3,8 +3,6 @@ checkpoint written by 2 processes resumes on 1."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from ivn_fast.train import checkpoint as ckpt
 from ivn_fast.train.distributed import sum_over_ranks
 from ivn_fast.train.parallelize import shard_model
 from ivn_fast.train.stage1 import token_grid
+from launch import torchrun as launch
 
 # no random draw anywhere in the step (top-k masks from the fixed teacher, a regression decoder,
 # no drop-path), so the two layouts see identical maths up to the order of float reductions
@@ -27,11 +26,7 @@ TOLERANCE = 1e-5  # relative, on each step's loss and gradient norm
 
 
 def torchrun(nproc: int, out_dir, *extra: str) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "ivn_fast.pretrain", *DETERMINISTIC, "--output_dir", str(out_dir), *extra]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    launch("ivn_fast.pretrain", nproc, *DETERMINISTIC, "--output_dir", str(out_dir), *extra)
     sub = "stage2" if "--stage" in extra else ""
     return [json.loads(line) for line in (out_dir / sub / "metrics.jsonl").read_text().splitlines()]
 

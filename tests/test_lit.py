@@ -2,9 +2,6 @@
 metrics, and the command end to end (one and two processes)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,6 +17,7 @@ from ivn_fast.lit import (LiT, VideoEmbedding, contrastive_loss, draw_caption, r
                           with_captions)
 from ivn_fast.lit import main as lit_main
 from ivn_fast.models.text import TextTower, builtin_text_model, load_text_model, word_tokenizer
+from launch import torchrun
 from video_helpers import write_video
 
 
@@ -198,13 +196,9 @@ def test_cli_reads_caption_files_and_a_saved_text_model(tiny_checkpoint, tmp_pat
 def test_two_processes_train_lit_as_one_does(tiny_checkpoint, tmp_path):
     def run(nproc: int) -> dict:
         out = tmp_path / f"{nproc}.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "ivn_fast.lit", "--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:captions:24",
-               "--val-list", "synthetic:captions:12", "--epochs", "2", "--batch", "8", "--workers", "0",
-               "--features", "stream", "--lr", "2e-3", "--json", str(out)]
-        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        torchrun("ivn_fast.lit", nproc, "--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:captions:24",
+                 "--val-list", "synthetic:captions:12", "--epochs", "2", "--batch", "8", "--workers", "0",
+                 "--features", "stream", "--lr", "2e-3", "--json", str(out))
         return json.loads(out.read_text())
 
     one, two = run(1), run(2)

@@ -13,6 +13,7 @@ from ivn_fast.models.probe import AttentiveProbe, LinearProbe, build_probe
 from ivn_fast.features import Kept
 from ivn_fast.probe import SyntheticViews, evaluate, synthetic_task, topk_accuracy, train_probe
 from ivn_fast.probe import main as probe_main
+from launch import torchrun
 from video_helpers import write_video
 
 
@@ -234,19 +235,11 @@ def test_cli_streams_a_list_probe(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_two_processes_stream_the_probe_as_one_does(tiny_checkpoint, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     def run(nproc: int) -> dict:
         out = tmp_path / f"{nproc}.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "ivn_fast.probe", "--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:direction:24",
-               "--val-list", "synthetic:direction:12", "--epochs", "2", "--batch", "8", "--workers", "0",
-               "--features", "stream", "--lr", "1e-2", "--json", str(out)]
-        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        torchrun("ivn_fast.probe", nproc, "--checkpoint", str(tiny_checkpoint), "--train-list",
+                 "synthetic:direction:24", "--val-list", "synthetic:direction:12", "--epochs", "2", "--batch", "8",
+                 "--workers", "0", "--features", "stream", "--lr", "1e-2", "--json", str(out))
         return json.loads(out.read_text())
 
     one, two = run(1), run(2)
