@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1,
                         help="DataLoader processes that render or decode clips (0: in the main process)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the heads, the text tower and the data order")
-    add_device_options(parser, "the frozen encoder's forward; the heads and the text tower train in float32")
+    add_device_options(parser, "the frozen encoder's forward and the training forward of the heads and the text "
+                               "tower (their weights, optimiser and the loss stay float32)")
     parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
     parser.add_argument("--plot", type=Path,
                         help="draw the curves here (PNG): validation mean R@1 and training loss per epoch; and "
@@ -345,7 +346,9 @@ def train_lit(args: argparse.Namespace, encoder: VideoEncoder, splits: dict[str,
     val = splits["val"].captions
 
     def loss(m: nn.Module, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return contrastive_loss(*m(tokens, ids, mask))
+        with torch.autocast(device.type, dtype=args.amp or torch.float32, enabled=args.amp is not None):
+            video, text, scale = m(tokens, ids, mask)
+        return contrastive_loss(video.float(), text.float(), scale)
 
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
     curve, losses = fit(trained, batches, steps, loss,

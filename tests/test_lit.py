@@ -155,8 +155,10 @@ def test_cli_runs_synthetic_lit_with_zero_shot_and_pictures(tiny_checkpoint, tmp
     assert 0.0 < record["temperature"] and record["features"] == "memory"
     assert Image.open(tmp_path / "c-retrieval.png").size[1] > Image.open(tmp_path / "c.png").size[1]
     assert "text-to-video R@1" in capsys.readouterr().out
-    assert lit_main(common + ["--head", "linear", "--features", "stream", "--random-init"]) == 0
+    assert lit_main(common + ["--head", "linear", "--features", "stream", "--random-init", "--precision", "bf16",
+                              "--json", str(out)]) == 0
     assert "random encoder" in capsys.readouterr().out
+    assert json.loads(out.read_text())["settings"]["amp"] == "torch.bfloat16"
     errors = {("--zero-shot-list", "synthetic:direction:8", "--prompt", "no slot"): "one {}",
               ("--text-model", str(tmp_path / "none")): "not a directory",
               ("--zero-shot-list", "synthetic:track:8"): "not a classification task",
