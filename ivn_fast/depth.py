@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,10 @@ from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.synthetic import Rendered, RenderedClips
 from ivn_fast.data.windows import WindowList, read_images, read_lines
-from ivn_fast.fit import fit, predict_rows, shuffled
+from ivn_fast.features import Source, Streamed
+from ivn_fast.fit import fit
 from ivn_fast.models.probe import DepthProbe
+from ivn_fast.train.distributed import data_parallel, mean_over_ranks, sum_over_ranks
 
 TARGET_KEYS = ("depth", "valid")
 MIN_DEPTH = 1e-3  # metres: predictions are floored here before the ratios of the metrics
@@ -38,44 +41,93 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     return ((pred - target).abs() * valid).sum() / valid.sum().clamp(min=1)
 
 
+@torch.no_grad()
+def metric_sums(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[sum of |pred - true| / true, count with max(pred/true, true/pred) < 1.25, count] over the scored
+    pixels: AbsRel and delta1 of a whole set are the first two over the third."""
+    pred, target = pred.float().clamp(min=MIN_DEPTH)[valid], target[valid]
+    ratio = torch.maximum(pred / target, target / pred)
+    return torch.stack([((pred - target).abs() / target).sum(), (ratio < 1.25).sum(), valid.sum()]).double().cpu()
+
+
+def metrics(sums: torch.Tensor) -> dict[str, float]:
+    """AbsRel and delta1 from metric_sums, summed over every process's share."""
+    absrel, close, count = sum_over_ranks(sums.tolist())
+    return {"absrel": absrel / max(count, 1.0), "delta1": close / max(count, 1.0), "pixels": count}
+
+
 def depth_metrics(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
     """AbsRel (mean |pred - true| / true) and delta1 (share with max(pred/true, true/pred) < 1.25)
     over the scored pixels."""
-    pred, target = pred.clamp(min=MIN_DEPTH)[valid], target[valid]
-    ratio = torch.maximum(pred / target, target / pred)
-    return {"absrel": ((pred - target).abs() / target).mean().item(), "delta1": (ratio < 1.25).float().mean().item()}
+    return metrics(metric_sums(pred, target, valid))
 
 
-def train_depth(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tuple[torch.Tensor, dict[str, torch.Tensor]],
-                *, grid: tuple[int, int, int], patch: int, num_heads: int, epochs: int, batch: int, lr: float,
-                weight_decay: float, seed: int, device: torch.device) -> dict:
-    """Train the depth probe on kept tokens [N, 1, S, C] and depth targets (TARGET_KEYS); the curve
-    is the validation AbsRel per epoch. `mean_*` score the training windows' mean depth at each
-    pixel, the reading a probe that ignores the tokens could reach."""
+@torch.no_grad()
+def score(probe: torch.nn.Module, source: Source, device: torch.device,
+          mean_map: torch.Tensor | None = None) -> dict[str, float]:
+    """AbsRel and delta1 of the probe over every window of `source`; with `mean_map`, also those of
+    predicting it everywhere (`mean_absrel`, `mean_delta1`)."""
+    probe.eval()
+    sums = torch.zeros(2, 3, dtype=torch.float64)  # probe, mean map
+    for tokens, depth, valid in source.batches():
+        sums[0] += metric_sums(probe(tokens[:, 0].to(device)).cpu(), depth, valid)
+        if mean_map is not None:
+            sums[1] += metric_sums(mean_map.expand_as(depth), depth, valid)
+    out = metrics(sums[0])
+    if mean_map is not None:
+        out.update({f"mean_{k}": v for k, v in metrics(sums[1]).items() if k != "pixels"})
+    return out
+
+
+def train_depth(train: Source, val: Source, *, grid: tuple[int, int, int], patch: int, num_heads: int, epochs: int,
+                batch: int, lr: float, weight_decay: float, seed: int, device: torch.device) -> dict:
+    """Train the depth probe on one view's tokens per window and its depth targets (TARGET_KEYS), kept
+    or streamed; the curve is the validation AbsRel per epoch. The head starts at the mean depth of the
+    first training batch's windows. `mean_*` score the training windows' mean depth at each pixel
+    (summed over the first epoch), the reading a probe that ignores the tokens could reach.
+    `train_absrel` scores the kept training windows after training; streamed, the last epoch's."""
     torch.manual_seed(seed)
-    x_train, x_val = train[0][:, 0], val[0][:, 0]
-    depth, valid = train[1]["depth"], train[1]["valid"]
-    val_depth, val_valid = val[1]["depth"], val[1]["valid"]
-    for name, v in (("training", valid), ("validation", val_valid)):
-        if not v.any():
-            raise ValueError(f"no {name} window has a scored depth pixel")
-    probe = DepthProbe(x_train.shape[-1], grid, patch, num_heads).to(device)
-    with torch.no_grad():  # start from the mean depth rather than 0 m, a few metres off everywhere
-        probe.readout.head.bias.fill_(((depth * valid).sum() / valid.sum()).item())
-    scores = []
+    probe = DepthProbe(train.width, grid, patch, num_heads).to(device)
+    _, depth, valid = train.first(batch)
+    if valid.any():  # start from the mean depth rather than 0 m, a few metres off everywhere
+        with torch.no_grad():
+            probe.readout.head.bias.fill_(((depth * valid).sum() / valid.sum()).item())
+    running = torch.zeros(3, dtype=torch.float64)  # this epoch's training metric sums
+    map_sums = torch.zeros(2, *depth.shape[1:], dtype=torch.float64)  # the first epoch's depth and pixel counts
+    base = train.epochs(batch, seed)
 
-    def score(p: torch.nn.Module) -> float:
-        scores.append(depth_metrics(predict_rows(p, (x_val,), batch, device), val_depth, val_valid))
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        running.zero_()
+        for x, d, v in base(epoch):
+            if epoch == 0:
+                map_sums[0] += (d * v).sum(0)
+                map_sums[1] += v.sum(0)
+            yield x, d, v
+
+    def loss(p: torch.nn.Module, x: torch.Tensor, d: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        pred = p(x).float()
+        running.add_(metric_sums(pred.detach(), d, v))
+        return depth_loss(pred, d, v)
+
+    scores, mean_map = [], []
+
+    def validate(p: torch.nn.Module) -> float:
+        if not mean_map:  # after the first epoch: every training window counted once
+            total = mean_over_ranks(map_sums.to(device))
+            mean_map.append((total[0] / total[1].clamp(min=1)).float().cpu())
+        scores.append(score(probe, val, device, mean_map[0]))
+        if not scores[-1]["pixels"]:
+            raise ValueError("no validation window has a scored depth pixel")
         return scores[-1]["absrel"]
 
-    curve, losses = fit(probe, *shuffled((x_train, depth, valid), batch, seed),
-                        lambda p, x, d, v: depth_loss(p(x).float(), d, v), score,
+    curve, losses = fit(data_parallel(probe, train.world), batches, train.steps(batch), loss, validate,
                         epochs=epochs, lr=lr, weight_decay=weight_decay, device=device)
-    mean_map = (depth * valid).sum(0) / valid.sum(0).clamp(min=1)
-    baseline = depth_metrics(mean_map.expand_as(val_depth), val_depth, val_valid)
-    return {**scores[-1], "curve": curve, "delta1_curve": [s["delta1"] for s in scores], "train_loss": losses,
-            "train_absrel": depth_metrics(predict_rows(probe, (x_train,), batch, device), depth, valid)["absrel"],
-            "mean_absrel": baseline["absrel"], "mean_delta1": baseline["delta1"], "probe": probe.cpu()}
+    last = scores[-1]
+    train_absrel = metrics(running)["absrel"] if isinstance(train, Streamed) else score(probe, train, device)["absrel"]
+    return {"absrel": last["absrel"], "delta1": last["delta1"], "curve": curve,
+            "delta1_curve": [s["delta1"] for s in scores], "train_loss": mean_over_ranks(torch.tensor(
+                losses, device=device)).tolist(), "train_absrel": train_absrel, "mean_absrel": last["mean_absrel"],
+            "mean_delta1": last["mean_delta1"], "probe": probe.cpu()}
 
 
 def synthetic_targets(clip: Rendered) -> dict[str, torch.Tensor]:
@@ -107,8 +159,8 @@ class DepthList(WindowList):
             raise ValueError(f"{where}: 'range' must be [min, max] metres with 0 <= min < max")
         return [os.path.join(root, m) for m in maps], float(scale), (low, high)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        frames, maps, scale, (low, high) = self.windows[index]
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor | str]:
+        frames, maps, scale, (low, high) = self.windows[key % len(self)]  # a streamed probe's epoch keys
         t, s = self.num_frames, self.size
         try:
             pixels, raw = read_images(frames), read_images(maps, mode="")

@@ -8,10 +8,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from ivn_fast.data.health import SkipCounter
 from ivn_fast.data.loader import split_batches
 from ivn_fast.data.windows import WindowList
-from ivn_fast.fit import Batches
+from ivn_fast.fit import Batches, shuffled
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.train.distributed import World
 
@@ -106,29 +106,76 @@ def gather_rows(rows: torch.Tensor, world: World) -> torch.Tensor:
     return torch.cat(parts)
 
 
-class Kept(NamedTuple):
-    """Tokens encoded once and kept: every view of every clip."""
+class Kept:
+    """Tokens encoded once and kept: every view of every clip, and the clips' targets (labels, or a
+    dense probe's boxes or depth maps), one row per clip. Never shared between processes."""
 
-    tokens: torch.Tensor  # [N, V, S, C]
-    labels: torch.Tensor  # [N]
+    world = World()
+
+    def __init__(self, tokens: torch.Tensor, *targets: torch.Tensor, batch: int = 64):
+        self.tokens, self.targets, self.batch = tokens, targets, batch  # tokens [N, V, S, C]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.targets[0]
+
+    @property
+    def width(self) -> int:
+        return self.tokens.shape[-1]
+
+    def first(self, n: int) -> tuple[torch.Tensor, ...]:
+        """(tokens [n, V, S, C], *targets) of the first n clips."""
+        return self.tokens[:n], *(t[:n] for t in self.targets)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Every clip once, in order: (tokens [B, V, S, C], *targets)."""
+        for i in range(0, len(self), self.batch):
+            yield self.tokens[i:i + self.batch], *(t[i:i + self.batch] for t in self.targets)
+
+    def epochs(self, batch: int, seed: int) -> Batches:
+        """Training epochs: every view of every clip a sample, (tokens [B, S, C], *targets), shuffled."""
+        views = self.tokens.shape[1]
+        rows = (self.tokens.flatten(0, 1), *(t.repeat_interleave(views, 0) for t in self.targets))
+        return shuffled(rows, batch, seed)[0]
+
+    def steps(self, batch: int) -> int:
+        """Training batches per epoch (epochs)."""
+        return math.ceil(len(self) * self.tokens.shape[1] / batch)
 
 
 class Streamed:
     """Clips encoded as the probe reads them, never kept: for sets whose tokens do not fit in memory.
     Training batches use epoch keys (index + epoch * N), so each epoch samples and crops every clip
-    afresh, as a training run does, in a seeded permutation per epoch."""
+    afresh, as a training run does, in a seeded permutation per epoch. `keys` name the items' targets."""
 
-    def __init__(self, encoder: VideoEncoder, data: Dataset, label: str, *, batch: int, device: torch.device,
-                 workers: int, pool: bool = False, world: World = World(), amp: torch.dtype | None = None):
-        self.encoder, self.data, self.label, self.batch, self.device = encoder, data, label, batch, device
+    def __init__(self, encoder: VideoEncoder, data: Dataset, keys: Sequence[str], *, batch: int,
+                 device: torch.device, workers: int, pool: bool = False, world: World = World(),
+                 amp: torch.dtype | None = None):
+        self.encoder, self.data, self.keys, self.batch, self.device = encoder, data, tuple(keys), batch, device
         self.workers, self.pool, self.world, self.amp = workers, pool, world, amp
         self.skips = SkipCounter(max_fraction=1.0)  # logs each unreadable file once; never stops a probe
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def batches(self, keys: Sequence[Sequence[int]] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(tokens [B, V, S, C] on the device, labels [B]) for batches of keys; None: this process's share
+    @property
+    def width(self) -> int:
+        return self.encoder.cfg.embed_dim
+
+    def _encoded(self, items: dict) -> tuple[torch.Tensor, ...]:
+        tokens = view_tokens(self.encoder, items["video"], self.device, pool=self.pool, amp=self.amp)
+        return tokens, *(torch.as_tensor(items[k]) for k in self.keys)
+
+    def first(self, n: int) -> tuple[torch.Tensor, ...]:
+        """(tokens [n, V, S, C] on the device, *targets) of the first n clips, encoded by this process alone."""
+        loader = DataLoader(self.data, batch_sampler=[list(range(min(n, len(self))))], num_workers=0)
+        return self._encoded(next(iter(loader)))
+
+    def batches(self, keys: Sequence[Sequence[int]] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(tokens [B, V, S, C] on the device, *targets) for batches of keys; None: this process's share
         of every clip (every world.size-th)."""
         if keys is None:
             mine = list(range(self.world.rank, len(self), self.world.size))
@@ -137,21 +184,23 @@ class Streamed:
                             pin_memory=self.device.type == "cuda")
         for items in loader:
             self.skips.update(items)
-            tokens = view_tokens(self.encoder, items["video"], self.device, pool=self.pool, amp=self.amp)
-            yield tokens, torch.as_tensor(items[self.label])
+            yield self._encoded(items)
 
     def epochs(self, batch: int, seed: int) -> Batches:
-        """Training epochs: one view per clip, [B, S, C] tokens and labels; with several processes each
+        """Training epochs: one view per clip, (tokens [B, S, C], *targets); with several processes each
         global batch of `batch` clips is split over them (a last batch too small to split is dropped)."""
         g = torch.Generator().manual_seed(seed)  # one generator across epochs, drawn in order: as `shuffled`
 
-        def one(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def one(epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
             keys = split_batches(torch.randperm(len(self), generator=g) + epoch * len(self), batch,
                                  rank=self.world.rank, world=self.world.size)
-            return ((tokens[:, 0], labels) for tokens, labels in self.batches(keys))
+            return ((tokens[:, 0], *targets) for tokens, *targets in self.batches(keys))
 
         return one
 
     def steps(self, batch: int) -> int:
         """Training batches per epoch (epochs)."""
         return len(split_batches(torch.arange(len(self)), batch, rank=self.world.rank, world=self.world.size))
+
+
+Source = Kept | Streamed

@@ -262,7 +262,7 @@ def train(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
     trained = model if world.size == 1 else DistributedDataParallel(model)
     skips = SkipCounter(DataConfig().max_bad_fraction)
     step = [start * per_epoch]  # the global step the next loss is for: mixing draws from it
-    val = Streamed(encoder, tasks["val"].data, label, batch=max(1, args.batch // world.size), device=device,
+    val = Streamed(encoder, tasks["val"].data, (label,), batch=max(1, args.batch // world.size), device=device,
                    workers=args.workers, world=world, amp=args.amp)
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -285,7 +285,7 @@ def train(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
 
     def score(_: nn.Module) -> float:
         model.eval()
-        history["scores"].append(evaluate(head, val, args.batch, device))
+        history["scores"].append(evaluate(head, val, device))
         return history["scores"][-1]["top1"]
 
     def after_epoch(epoch: int, curve: list[float], losses: list[float]) -> None:

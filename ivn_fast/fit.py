@@ -31,14 +31,6 @@ def shuffled(rows: Sequence[torch.Tensor], batch: int, seed: int) -> tuple[Batch
     return epoch, math.ceil(n / batch)
 
 
-@torch.no_grad()
-def predict_rows(model: nn.Module, rows: Sequence[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
-    """model(*batch) in eval mode over batches of `batch` rows, as float32 on the CPU."""
-    model.eval()
-    return torch.cat([model(*(r[i:i + batch].to(device) for r in rows)).float().cpu()
-                      for i in range(0, len(rows[0]), batch)])
-
-
 def cosine(lr: float, steps: int) -> Callable[[int], float]:
     """lr at step s: half a cosine from lr to 0 over `steps`."""
     return lambda s: lr * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))

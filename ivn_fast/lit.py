@@ -47,22 +47,22 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ivn_fast.data.captions import read_captions, synthetic_captions, synthetic_prompts, synthetic_vocabulary
 from ivn_fast.data.lists import ListError
 from ivn_fast.data.synthetic import LABELS
 from ivn_fast.data.transforms import denormalize
-from ivn_fast.features import Kept, Streamed, encode, gather_rows
-from ivn_fast.fit import Batches, fit, predict_rows, shuffled
+from ivn_fast.features import Source, gather_rows
+from ivn_fast.fit import Batches, fit
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.models.text import TextTower, builtin_text_model, load_text_model
 from ivn_fast.probe import (SEEDS, SyntheticViews, Task, add_clip_options, add_device_options,
-                            add_input_options, check_at_least_one, feature_bytes, feature_mode, load_task,
-                            parse_synthetic, report, start_processes, topk_accuracy, video_task)
-from ivn_fast.train.distributed import World, broadcast_object, gather_with_grad, mean_over_ranks, shutdown
+                            add_input_options, check_at_least_one, load_task, parse_synthetic, report, sources,
+                            start_processes, topk_accuracy, video_task)
+from ivn_fast.train.distributed import (World, broadcast_object, data_parallel, gather_with_grad, mean_over_ranks,
+                                        shutdown)
 from ivn_fast.train.optim import param_groups
 from ivn_fast.viz import save_clip_grid, save_curves
 
@@ -161,16 +161,12 @@ def with_captions(batches: Batches, captions: list[list[str]], text: TextTower, 
 
 
 @torch.no_grad()
-def embed_videos(video: nn.Module, source: Kept | Streamed, batch: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_videos(video: nn.Module, source: Source, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings [N, V, D] of every view of every clip (CPU, float32), and the clips' labels [N]."""
-    if isinstance(source, Kept):
-        n, v = source.tokens.shape[:2]
-        return predict_rows(video, (source.tokens.flatten(0, 1),), batch * v, device).view(n, v, -1), source.labels
     video.eval()
     out, labels = [], []
     for tokens, y in source.batches():
-        out.append(video(tokens.flatten(0, 1)).float().cpu().unflatten(0, tokens.shape[:2]))
+        out.append(video(tokens.flatten(0, 1).to(device)).float().cpu().unflatten(0, tokens.shape[:2]))
         labels.append(y)
     return gather_rows(torch.cat(out), source.world), gather_rows(torch.cat(labels), source.world)
 
@@ -203,11 +199,11 @@ def retrieval_metrics(video: torch.Tensor, text: torch.Tensor, owner: torch.Tens
     return out
 
 
-def retrieval(model: LiT, source: Kept | Streamed, captions: list[list[str]], batch: int,
+def retrieval(model: LiT, source: Source, captions: list[list[str]], batch: int,
               device: torch.device) -> tuple[dict, torch.Tensor, list[int]]:
     """The validation split ranked both ways; and the videos' embeddings [V, D] and caption rows. A row
     seen twice (a bad video replaced by another) counts once."""
-    views, rows = embed_videos(model.video, source, batch, device)
+    views, rows = embed_videos(model.video, source, device)
     first: dict[int, int] = {}
     for i, r in enumerate(rows.tolist()):
         first.setdefault(r, i)
@@ -219,12 +215,12 @@ def retrieval(model: LiT, source: Kept | Streamed, captions: list[list[str]], ba
     return {**metrics, "videos": len(kept), "captions": len(texts)}, video, kept
 
 
-def zero_shot(model: LiT, source: Kept | Streamed, names: Sequence[str], prompts: Sequence[str], batch: int,
+def zero_shot(model: LiT, source: Source, names: Sequence[str], prompts: Sequence[str], batch: int,
               device: torch.device) -> dict:
     """Top-1 / top-5 of the nearest class text (each class's prompts averaged), views' softmax averaged."""
     per_class = embed_texts(model.text, [p.format(n) for n in names for p in prompts], batch, device)
     classes = F.normalize(per_class.view(len(names), len(prompts), -1).mean(1), dim=-1)
-    views, labels = embed_videos(model.video, source, batch, device)
+    views, labels = embed_videos(model.video, source, device)
     probs = (model.scale.detach().cpu() * views @ classes.T).softmax(-1).mean(1)
     return {"top1": topk_accuracy(probs, labels, 1), "top5": topk_accuracy(probs, labels, 5), "classes": len(names)}
 
@@ -307,42 +303,19 @@ def text_tower(args: argparse.Namespace, dim: int) -> TextTower:
     return TextTower(*load_text_model(args.text_model), dim)
 
 
-def sources(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device,
-            world: World) -> tuple[dict[str, Kept | Streamed], str]:
-    """Each split's tokens, kept or streamed (mean-pooled for the linear head); and which."""
-    pool = args.head == "linear"
-    spec = tasks["train"].spec
-    need = feature_bytes(encoder, tasks, spec["frames"], spec["size"], pool)
-    mode = "stream" if world.size > 1 else feature_mode(args.features, need)
-    out = {}
-    for split, task in tasks.items():
-        if mode == "stream":
-            out[split] = Streamed(encoder, task.data, task.label, batch=max(1, args.batch // world.size),
-                                  device=device, workers=args.workers, pool=pool, world=world, amp=args.amp)
-        else:
-            tokens, labels = encode(encoder, task.data, (task.label,), args.batch, device, pool=pool,
-                                    workers=args.workers, amp=args.amp)
-            out[split] = Kept(tokens, labels[task.label])
-    return out, mode
-
-
 def train_lit(args: argparse.Namespace, encoder: VideoEncoder, splits: dict[str, Captioned],
               zero: Task | None, device: torch.device, world: World) -> dict:
     """Train the video head and text tower on the training pairs; validation retrieval after each epoch,
     zero-shot classification at the end; with --plot, the curves and the retrieval picture."""
     tasks = {split: c.task for split, c in splits.items()} | ({"zero-shot": zero} if zero else {})
-    source, mode = sources(args, encoder, tasks, device, world)
+    source, mode, _ = sources(args, encoder, tasks, (tasks["train"].label,), device, world,
+                              pool=args.head == "linear")
     dim = args.embed_dim or encoder.cfg.embed_dim
     torch.manual_seed(args.seed)
     video = VideoEmbedding(args.head, encoder.cfg.embed_dim, dim, args.heads or encoder.cfg.num_heads)
     model = LiT(video, text_tower(args, dim)).to(device)
-    trained = model if world.size == 1 else DistributedDataParallel(model)
     train = source["train"]
-    if isinstance(train, Streamed):
-        pairs, steps = train.epochs(args.batch, args.seed), train.steps(args.batch)
-    else:
-        pairs, steps = shuffled((train.tokens[:, 0], train.labels), args.batch, args.seed)
-    batches = with_captions(pairs, splits["train"].captions, model.text, args.seed)
+    batches = with_captions(train.epochs(args.batch, args.seed), splits["train"].captions, model.text, args.seed)
     val = splits["val"].captions
 
     def loss(m: nn.Module, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -351,7 +324,7 @@ def train_lit(args: argparse.Namespace, encoder: VideoEncoder, splits: dict[str,
         return contrastive_loss(video.float(), text.float(), scale)
 
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
-    curve, losses = fit(trained, batches, steps, loss,
+    curve, losses = fit(data_parallel(model, world), batches, train.steps(args.batch), loss,
                         lambda _: retrieval(model, source["val"], val, args.batch, device)[0]["mean_r1"],
                         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, device=device, optimizer=opt)
     ranked, video_emb, rows = retrieval(model, source["val"], val, args.batch, device)

@@ -56,7 +56,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from ivn_fast.config import DataConfig
@@ -67,15 +66,15 @@ from ivn_fast.data.synthetic import LABELS, SyntheticVideos
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.depth import TARGET_KEYS as DEPTH_KEYS
 from ivn_fast.depth import DepthList, synthetic_depth, train_depth
-from ivn_fast.features import Features, Kept, Streamed, cached_encode, encode, gather_rows
-from ivn_fast.fit import fit, predict_rows, shuffled
+from ivn_fast.features import Kept, Source, Streamed, cached_encode, encode, gather_rows
+from ivn_fast.fit import fit
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.tracking import TARGET_KEYS as TRACK_KEYS
 from ivn_fast.tracking import BoxList, later_frames, synthetic_tracks, train_tracker
-from ivn_fast.train.distributed import (World, broadcast_object, init_distributed, mean_over_ranks, shutdown,
-                                        sum_over_ranks)
+from ivn_fast.train.distributed import (World, broadcast_object, data_parallel, init_distributed, mean_over_ranks,
+                                        shutdown, sum_over_ranks)
 from ivn_fast.viz import draw_boxes, save_clip_grid, save_curves
 
 log = logging.getLogger("ivn_fast")
@@ -213,70 +212,56 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 @torch.no_grad()
-def predict(probe: torch.nn.Module, source: Kept | Streamed, batch: int,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(probe: torch.nn.Module, source: Source, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities [N, V, K] of every view of every clip, and the labels [N]."""
     probe.eval()
-    if isinstance(source, Kept):
-        n, v = source.tokens.shape[:2]
-        logits = predict_rows(probe, (source.tokens.flatten(0, 1),), batch * v, device)
-        return logits.softmax(-1).view(n, v, -1), source.labels
     probs, labels = [], []
     for tokens, y in source.batches():
-        probs.append(probe(tokens.flatten(0, 1)).float().softmax(-1).cpu().unflatten(0, tokens.shape[:2]))
+        probs.append(probe(tokens.flatten(0, 1).to(device)).float().softmax(-1).cpu().unflatten(0, tokens.shape[:2]))
         labels.append(y)
     return gather_rows(torch.cat(probs), source.world), gather_rows(torch.cat(labels), source.world)
 
 
-def evaluate(probe: torch.nn.Module, source: Kept | Streamed, batch: int, device: torch.device) -> dict[str, float]:
+def evaluate(probe: torch.nn.Module, source: Source, device: torch.device) -> dict[str, float]:
     """Top-1 / top-5 of the softmax averaged over each clip's views, and the mean single-view top-1."""
-    probs, labels = predict(probe, source, batch, device)
+    probs, labels = predict(probe, source, device)
     clip = probs.mean(1)
     return {"top1": topk_accuracy(clip, labels, 1), "top5": topk_accuracy(clip, labels, 5),
             "view_top1": (probs.argmax(-1) == labels[:, None]).float().mean().item()}
 
 
-def train_probe(train: Kept | Streamed, val: Kept | Streamed, *, head: str, num_classes: int, num_heads: int,
-                epochs: int, batch: int, lr: float, weight_decay: float, seed: int, device: torch.device) -> dict:
+def train_probe(train: Source, val: Source, *, head: str, num_classes: int, num_heads: int, epochs: int, batch: int,
+                lr: float, weight_decay: float, seed: int, device: torch.device) -> dict:
     """Train a probe on kept tokens (every training view a sample) or streamed clips (a fresh view of
     each per epoch); the per-epoch validation top-1 is the probe curve, beside each epoch's mean
     training loss. `train_top1` scores the kept training views after training; streamed, it is the
     last epoch's running top-1 (on the views it trained on, while it trained)."""
     torch.manual_seed(seed)
-    streamed = isinstance(train, Streamed)
-    running = torch.zeros(2, device=device)  # streamed: the current epoch's right answers and clips
-    if streamed:
-        stream = train.epochs(batch, seed)
+    running = torch.zeros(2, device=device)  # the current epoch's right answers and clips
+    base = train.epochs(batch, seed)
 
-        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            running.zero_()  # train_top1 reads the last epoch's
-            return stream(epoch)
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        running.zero_()  # train_top1 reads the last epoch's
+        return base(epoch)
 
-        steps, dim = train.steps(batch), train.encoder.cfg.embed_dim
-    else:
-        views = train.tokens.shape[1]
-        batches, steps = shuffled((train.tokens.flatten(0, 1), train.labels.repeat_interleave(views)), batch, seed)
-        dim = train.tokens.shape[-1]
-    probe = build_probe(head, dim, num_classes, num_heads).to(device)
-    world = train.world if streamed else World()
-    trained = probe if world.size == 1 else DistributedDataParallel(probe)
+    probe = build_probe(head, train.width, num_classes, num_heads).to(device)
 
     def loss(p: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = p(x)
-        if streamed:
-            running[0] += (logits.argmax(-1) == y).sum()
-            running[1] += len(y)
+        running[0] += (logits.argmax(-1) == y).sum()
+        running[1] += len(y)
         return F.cross_entropy(logits, y)
 
-    curve, losses = fit(trained, batches, steps, loss, lambda p: evaluate(probe, val, batch, device)["top1"],
-                        epochs=epochs, lr=lr, weight_decay=weight_decay, device=device)
+    curve, losses = fit(data_parallel(probe, train.world), batches, train.steps(batch), loss,
+                        lambda p: evaluate(probe, val, device)["top1"], epochs=epochs, lr=lr,
+                        weight_decay=weight_decay, device=device)
     losses = mean_over_ranks(torch.tensor(losses, device=device)).tolist()
-    if streamed:
+    if isinstance(train, Streamed):
         right, seen = sum_over_ranks([int(v) for v in running.tolist()])
         train_top1 = right / max(seen, 1)
     else:
-        train_top1 = evaluate(probe, train, batch, device)["top1"]
-    return {"curve": curve, "train_loss": losses, **evaluate(probe, val, batch, device), "train_top1": train_top1}
+        train_top1 = evaluate(probe, train, device)["top1"]
+    return {"curve": curve, "train_loss": losses, **evaluate(probe, val, device), "train_top1": train_top1}
 
 
 def add_input_options(parser: argparse.ArgumentParser, lists: str) -> None:
@@ -387,11 +372,9 @@ def window_task(spec: str, split: str, *, frames: int, size: int, root: str) -> 
 
 def _check_dense(args: argparse.Namespace, tasks: dict[str, Task]) -> None:
     kind = tasks["train"].label
-    if kind in DENSE and (args.segments * args.crops > 1 or args.head != "attentive"):
+    if kind in DENSE and (args.segments * args.crops > 1 or args.head != "attentive" or args.cache_dir):
         raise ValueError(f"the {kind} probe reads one view per window with its own readout: leave --segments, "
-                         "--crops and --head at their defaults")
-    if kind in DENSE and args.features == "stream":
-        raise ValueError(f"the {kind} probe keeps its windows' tokens: --features stream is for classification")
+                         "--crops, --head and --cache-dir at their defaults")
 
 
 def task_labels(task: Task) -> list[int]:
@@ -405,7 +388,7 @@ def task_labels(task: Task) -> list[int]:
 def feature_bytes(encoder: VideoEncoder, tasks: dict[str, Task], frames: int, size: int, pool: bool) -> int:
     """What keeping every view's float32 tokens would take."""
     tokens = 1 if pool else encoder.cfg.num_cls + frames * (size // encoder.cfg.patch_size) ** 2
-    views = sum(len(t.data) * (1 if split == "train" else t.spec["segments"] * t.spec["crops"])
+    views = sum(len(t.data) * (1 if split == "train" else t.spec.get("segments", 1) * t.spec.get("crops", 1))
                 for split, t in tasks.items())
     return 4 * encoder.cfg.embed_dim * tokens * views
 
@@ -422,33 +405,42 @@ def feature_mode(choice: str, need: int, *, cached: bool = False) -> str:
     return mode
 
 
+def sources(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], keys: Sequence[str],
+            device: torch.device, world: World, *, pool: bool = False) -> tuple[dict[str, Source], str, dict]:
+    """Each split's tokens (mean-pooled with `pool`) and the targets under `keys`, kept (from --cache-dir
+    when given) or streamed, as --features says (always streamed under torchrun); the mode, and which
+    kept splits came from the cache."""
+    spec = tasks["train"].spec
+    need = feature_bytes(encoder, tasks, spec["frames"], spec["size"], pool)
+    cache = getattr(args, "cache_dir", None)
+    mode = "stream" if world.size > 1 else feature_mode(args.features, need, cached=cache is not None)
+    out, cached = {}, {}
+    for split, task in tasks.items():
+        if mode == "stream":
+            out[split] = Streamed(encoder, task.data, keys, batch=max(1, args.batch // world.size), device=device,
+                                  workers=args.workers, pool=pool, world=world, amp=args.amp)
+            continue
+        if cache:
+            (tokens, targets), cached[split] = cached_encode(cache, task.spec, encoder, task.data, keys, args.batch,
+                                                             device, workers=args.workers, amp=args.amp)
+        else:
+            tokens, targets = encode(encoder, task.data, keys, args.batch, device, pool=pool, workers=args.workers,
+                                     amp=args.amp)
+        out[split] = Kept(tokens, *(targets[k] for k in keys), batch=args.batch)
+    return out, mode, cached
+
+
 def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device,
              world: World) -> dict:
     """Train the classification probe on kept or streamed tokens; the record and what to print and draw."""
     label = tasks["train"].label
-    pool = args.head == "linear"
-    spec = tasks["train"].spec
-    mode = feature_mode(args.features, feature_bytes(encoder, tasks, spec["frames"], spec["size"], pool),
-                        cached=args.cache_dir is not None)
-    sources, cached = {}, {}
-    for split, task in tasks.items():
-        if mode == "stream":
-            sources[split] = Streamed(encoder, task.data, label, batch=max(1, args.batch // world.size), device=device,
-                                      workers=args.workers, pool=pool, world=world, amp=args.amp)
-            continue
-        if args.cache_dir:
-            (tokens, labels), cached[split] = cached_encode(args.cache_dir, task.spec, encoder, task.data, (label,),
-                                                            args.batch, device, workers=args.workers, amp=args.amp)
-        else:
-            tokens, labels = encode(encoder, task.data, (label,), args.batch, device, pool=pool, workers=args.workers,
-                                    amp=args.amp)
-        sources[split] = Kept(tokens, labels[label])
+    source, mode, cached = sources(args, encoder, tasks, (label,), device, world, pool=args.head == "linear")
     unseen = sorted(set(task_labels(tasks["val"])) - set(task_labels(tasks["train"])))
     if unseen and world.is_main:
         log.warning("validation label(s) %s never occur in the training clips: the probe cannot learn them "
                     "(do both lists use one label map?)", ", ".join(map(str, unseen)))
     num_classes = max(t.num_classes for t in tasks.values())
-    result = train_probe(sources["train"], sources["val"], head=args.head, num_classes=num_classes,
+    result = train_probe(source["train"], source["val"], head=args.head, num_classes=num_classes,
                          num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
                          lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
     views_note = f", {args.segments}x{args.crops} views" if args.segments * args.crops > 1 else ""
@@ -464,56 +456,54 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
 
 def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device,
           world: World) -> dict:
-    """Encode both splits, train the tracking readout; the record and what to print and draw. With
+    """Train the tracking readout on kept or streamed tokens; the record and what to print and draw. With
     --plot, PLOT-boxes.png shows validation windows with true (green) and predicted (red) boxes."""
-    features = {split: encode(encoder, task.data, TRACK_KEYS, args.batch, device, workers=args.workers, amp=args.amp)
-                for split, task in tasks.items()}
-    result = train_tracker(features["train"], features["val"], num_heads=args.heads or encoder.cfg.num_heads,
-                           epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
-                           seed=args.seed, device=device)
+    source, mode, _ = sources(args, encoder, tasks, TRACK_KEYS, device, world)
+    result = train_tracker(source["train"], source["val"], num_frames=tasks["train"].spec["frames"],
+                           num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
+                           lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
     probe = result.pop("probe")
     summary = (f"tracking probe{' (random encoder)' if args.random_init else ''}: mean IoU {result['miou']:.3f} "
                f"(first box kept: {result['static_miou']:.3f}; training windows {result['train_miou']:.3f})")
-    if args.plot:
+    if args.plot and world.is_main:
         save_curves({"validation mean IoU": {"probe": result["curve"]}, "training loss": {"smooth L1 + GIoU":
                      result["train_loss"]}}, args.plot, f"tracking probe, {_encoder_name(args)}",
                     baseline={"validation mean IoU": result["static_miou"]}, baseline_label="first box kept")
-        save_box_grid(probe, features["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-boxes.png"))
-    return {"task": "track", **result, "summary": summary}
+        save_box_grid(probe, source["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-boxes.png"))
+    return {"task": "track", **result, "features": mode, "summary": summary}
 
 
 def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device,
           world: World) -> dict:
-    """Encode both splits, train the depth readout; the record and what to print and draw. With
+    """Train the depth readout on kept or streamed tokens; the record and what to print and draw. With
     --plot, PLOT-depth.png shows validation windows' frames, true and predicted depth."""
-    features = {split: encode(encoder, task.data, DEPTH_KEYS, args.batch, device, workers=args.workers, amp=args.amp)
-                for split, task in tasks.items()}
+    source, mode, _ = sources(args, encoder, tasks, DEPTH_KEYS, device, world)
     patch = encoder.cfg.patch_size
     frames, size = tasks["train"].spec["frames"], tasks["train"].spec["size"]
-    result = train_depth(features["train"], features["val"], grid=(frames, size // patch, size // patch), patch=patch,
+    result = train_depth(source["train"], source["val"], grid=(frames, size // patch, size // patch), patch=patch,
                          num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
                          lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
     probe = result.pop("probe")
     summary = (f"depth probe{' (random encoder)' if args.random_init else ''}: AbsRel {result['absrel']:.3f}, "
                f"delta1 {result['delta1']:.3f} (training mean depth map: AbsRel {result['mean_absrel']:.3f}, "
                f"delta1 {result['mean_delta1']:.3f}; training windows AbsRel {result['train_absrel']:.3f})")
-    if args.plot:
+    if args.plot and world.is_main:
         save_curves({"validation AbsRel": {"probe": result["curve"]}, "validation delta1": {"probe":
                      result["delta1_curve"]}, "training loss": {"L1 (m)": result["train_loss"]}}, args.plot,
                     f"depth probe, {_encoder_name(args)}", baseline={"validation AbsRel": result["mean_absrel"],
                                                                    "validation delta1": result["mean_delta1"]},
                     baseline_label="mean depth map")
-        save_depth_grid(probe, features["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-depth.png"))
-    return {"task": "depth", **result, "summary": summary}
+        save_depth_grid(probe, source["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-depth.png"))
+    return {"task": "depth", **result, "features": mode, "summary": summary}
 
 
-def save_depth_grid(probe: torch.nn.Module, features: Features, data: Dataset, path: Path, clips: int = 4) -> Path:
+@torch.no_grad()
+def save_depth_grid(probe: torch.nn.Module, source: Source, data: Dataset, path: Path, clips: int = 4) -> Path:
     """The first validation windows: frames, true depth, predicted depth (near bright, far dark, on the
     true depth's scale; unscored pixels black)."""
-    tokens, targets = features
-    n = min(clips, len(tokens))
-    pred = predict_rows(probe, (tokens[:n, 0],), n, torch.device("cpu"))
-    true, valid = targets["depth"][:n], targets["valid"][:n]
+    tokens, true, valid = (t.cpu() for t in source.first(clips))
+    n = len(tokens)
+    pred = probe.eval()(tokens[:, 0])
 
     def shade(d: torch.Tensor, i: int) -> torch.Tensor:
         scored = true[i][valid[i]]
@@ -527,16 +517,16 @@ def save_depth_grid(probe: torch.nn.Module, features: Features, data: Dataset, p
     return save_clip_grid(rows, path, clips=n)
 
 
-def save_box_grid(probe: torch.nn.Module, features: Features, data: Dataset, path: Path, clips: int = 4) -> Path:
+@torch.no_grad()
+def save_box_grid(probe: torch.nn.Module, source: Source, data: Dataset, path: Path, clips: int = 4) -> Path:
     """The first validation windows with the true boxes (green) and the readout's (red)."""
-    tokens, targets = features
-    n = min(clips, len(tokens))
-    first, _, _ = later_frames({k: v[:n] for k, v in targets.items()})
-    pred = predict_rows(probe, (tokens[:n, 0], first), n, torch.device("cpu"))
-    pred = torch.cat([first[:, :, None], pred], 2)
-    seen = targets["seen"][:n] & targets["seen"][:n, :, :1]
+    tokens, boxes, seen = (t.cpu() for t in source.first(clips))
+    n = len(tokens)
+    first, _, _ = later_frames({"boxes": boxes, "seen": seen})
+    pred = torch.cat([first[:, :, None], probe.eval()(tokens[:, 0], first)], 2)
+    seen = seen & seen[:, :, :1]
     video = torch.stack([draw_boxes(denormalize(data[i]["video"], channel_dim=0),
-                                    {(40, 200, 60): targets["boxes"][i], (230, 40, 40): pred[i]}, seen[i])
+                                    {(40, 200, 60): boxes[i], (230, 40, 40): pred[i]}, seen[i])
                          for i in range(n)])
     return save_clip_grid({"true / predicted": video}, path, clips=n)
 
@@ -589,11 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
         tasks, frames, size = load_tasks(args, encoder)
         _check_dense(args, tasks)
-        if world.size > 1 and (tasks["train"].label in DENSE or args.features == "memory"):
-            raise ValueError("several processes share a probe only in classification with streamed features "
-                             "(--features stream or auto)")
-        if world.size > 1:
-            args.features = "stream"
+        if world.size > 1 and (args.features == "memory" or args.cache_dir):
+            raise ValueError("several processes share a probe through streamed features (--features stream or "
+                             "auto, no --cache-dir)")
     except (ValueError, FileNotFoundError) as e:
         print(f"ivn_fast.probe: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ under 0.5% of the frame counts as not seen. An object not seen in the first fram
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -25,8 +26,10 @@ from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
 from ivn_fast.data.synthetic import Rendered, RenderedClips
 from ivn_fast.data.windows import WindowList, read_images, read_lines
-from ivn_fast.fit import fit, predict_rows, shuffled
+from ivn_fast.features import Source, Streamed
+from ivn_fast.fit import fit
 from ivn_fast.models.probe import TrackingProbe
+from ivn_fast.train.distributed import data_parallel, mean_over_ranks, sum_over_ranks
 
 MIN_AREA = 0.005  # boxes under this share of the frame are not seen (the paper's filter)
 L1_WEIGHT, GIOU_WEIGHT = 1.0, 0.5  # the paper's loss weights
@@ -73,33 +76,73 @@ def later_frames(targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.
     return boxes[:, :, 0], boxes[:, :, 1:], seen[:, :, 1:] & seen[:, :, :1]
 
 
+@torch.no_grad()
+def iou_sums(pred: torch.Tensor, target: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """[sum of IoU over the seen (object, frame) pairs, their count]: mean IoU, as the paper reports it,
+    is their ratio over a whole set."""
+    return torch.stack([(box_iou(pred.float(), target)[0] * seen).sum(), seen.sum()]).double().cpu()
+
+
+def _ratio(sums: torch.Tensor) -> float:
+    """Mean IoU from iou_sums, summed over every process's share."""
+    total, count = sum_over_ranks(sums.tolist())
+    return total / max(count, 1.0)
+
+
 def mean_iou(pred: torch.Tensor, target: torch.Tensor, seen: torch.Tensor) -> float:
-    """IoU averaged over every seen (object, frame) pair, as the paper reports it."""
-    return ((box_iou(pred, target)[0] * seen).sum() / seen.sum().clamp(min=1)).item()
+    """IoU averaged over every seen (object, frame) pair of boxes [..., 4], seen [...]."""
+    return _ratio(iou_sums(pred, target, seen))
 
 
-def train_tracker(train: tuple[torch.Tensor, dict[str, torch.Tensor]], val: tuple[torch.Tensor, dict[str, torch.Tensor]],
-                  *, num_heads: int, epochs: int, batch: int, lr: float, weight_decay: float, seed: int,
-                  device: torch.device) -> dict:
-    """Train the tracking probe on kept tokens [N, 1, S, C] and box targets (TARGET_KEYS); the
-    per-epoch validation mean IoU is the probe curve. `static_miou` is the IoU of keeping the
-    first box in every frame, which the probe starts from."""
+@torch.no_grad()
+def score(probe: torch.nn.Module, source: Source, device: torch.device) -> dict[str, float]:
+    """Mean IoU of the probe's boxes and of keeping the first box over every window of `source`, and
+    the number of boxes they are averaged over."""
+    probe.eval()
+    sums = torch.zeros(2, 2, dtype=torch.float64)  # probe, first box kept
+    for tokens, boxes, seen in source.batches():
+        first, target, ok = later_frames({"boxes": boxes, "seen": seen})
+        pred = probe(tokens[:, 0].to(device), first.to(device)).cpu()
+        sums[0] += iou_sums(pred, target, ok)
+        sums[1] += iou_sums(first[:, :, None].expand_as(target), target, ok)
+    return {"miou": _ratio(sums[0]), "static_miou": _ratio(sums[1]), "boxes": sum_over_ranks([float(sums[0, 1])])[0]}
+
+
+def train_tracker(train: Source, val: Source, *, num_frames: int, num_heads: int, epochs: int, batch: int, lr: float,
+                  weight_decay: float, seed: int, device: torch.device) -> dict:
+    """Train the tracking probe on one view's tokens per window and its box targets (TARGET_KEYS), kept
+    or streamed; the per-epoch validation mean IoU is the probe curve. `static_miou` is the IoU of
+    keeping the first box in every frame, which the probe starts from. `train_miou` scores the kept
+    training windows after training; streamed, it is the last epoch's, while it trained."""
     torch.manual_seed(seed)
-    x_train, x_val = train[0][:, 0], val[0][:, 0]
-    first, target, seen = later_frames(train[1])
-    val_first, val_target, val_seen = later_frames(val[1])
-    for name, s in (("training", seen), ("validation", val_seen)):
-        if not s.any():
-            raise ValueError(f"no {name} window has an object seen in its first frame and a later one")
-    probe = TrackingProbe(x_train.shape[-1], target.shape[2] + 1, num_heads).to(device)
-    curve, losses = fit(probe, *shuffled((x_train, first, target, seen), batch, seed),
-                        lambda p, x, f, t, m: track_loss(p(x, f).float(), t, m),
-                        lambda p: mean_iou(predict_rows(p, (x_val, val_first), batch, device), val_target, val_seen),
+    probe = TrackingProbe(train.width, num_frames, num_heads).to(device)
+    running = torch.zeros(2, dtype=torch.float64)  # this epoch's training IoU sums
+    base = train.epochs(batch, seed)
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        running.zero_()
+        return ((x, *later_frames({"boxes": b, "seen": s})) for x, b, s in base(epoch))
+
+    def loss(p: torch.nn.Module, x: torch.Tensor, first: torch.Tensor, target: torch.Tensor,
+             seen: torch.Tensor) -> torch.Tensor:
+        pred = p(x, first).float()
+        running.add_(iou_sums(pred.detach(), target, seen))
+        return track_loss(pred, target, seen)
+
+    scores = []
+
+    def validate(p: torch.nn.Module) -> float:
+        scores.append(score(probe, val, device))
+        if not scores[-1]["boxes"]:
+            raise ValueError("no validation window has an object seen in its first frame and a later one")
+        return scores[-1]["miou"]
+
+    curve, losses = fit(data_parallel(probe, train.world), batches, train.steps(batch), loss, validate,
                         epochs=epochs, lr=lr, weight_decay=weight_decay, device=device)
-    static = val_first[:, :, None].expand_as(val_target)
-    return {"miou": curve[-1], "curve": curve, "train_loss": losses,
-            "train_miou": mean_iou(predict_rows(probe, (x_train, first), batch, device), target, seen),
-            "static_miou": mean_iou(static, val_target, val_seen), "probe": probe.cpu()}
+    streamed = isinstance(train, Streamed)
+    return {"miou": curve[-1], "curve": curve, "train_loss": mean_over_ranks(torch.tensor(losses, device=device)).tolist(),
+            "train_miou": _ratio(running) if streamed else score(probe, train, device)["miou"],
+            "static_miou": scores[-1]["static_miou"], "probe": probe.cpu()}
 
 
 def synthetic_targets(clip: Rendered) -> dict[str, torch.Tensor]:
@@ -142,8 +185,8 @@ class BoxList(WindowList):
                 boxes[o, t] = box
         return boxes
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        paths, pixel_boxes = self.windows[index]
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor | str]:
+        paths, pixel_boxes = self.windows[key % len(self)]  # a streamed probe's epoch keys: no augmentation
         boxes = torch.zeros(self.max_objects, self.num_frames, 4)
         seen = torch.zeros(self.max_objects, self.num_frames, dtype=torch.bool)
         try:

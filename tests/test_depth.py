@@ -11,7 +11,9 @@ from PIL import Image
 from ivn_fast.data.synthetic import SyntheticVideos
 from ivn_fast.depth import DepthList, synthetic_depth, depth_loss, depth_metrics, train_depth
 from ivn_fast.models.probe import DepthProbe
+from ivn_fast.features import Kept
 from ivn_fast.probe import main as probe_main
+from launch import torchrun
 
 
 def test_metrics_and_loss_of_known_depths():
@@ -45,7 +47,7 @@ def _patch_depths(n: int, seed: int, grid=(2, 2, 2), patch=2, dim=24):
     tokens[:, 1:, 0] += per_patch
     tokens[:, 1:, 1:1 + t * h * w] += torch.eye(t * h * w)  # which patch a token is
     depth = per_patch.view(n, t, h, 1, w, 1).expand(-1, -1, -1, patch, -1, patch).reshape(n, t, h * patch, w * patch)
-    return tokens[:, None], {"depth": depth, "valid": torch.ones_like(depth, dtype=torch.bool)}
+    return Kept(tokens[:, None], depth, torch.ones_like(depth, dtype=torch.bool))
 
 
 def test_readout_learns_depth_from_the_tokens():
@@ -121,6 +123,11 @@ def test_cli_depth_on_synthetic_clips_and_a_depth_list(tiny_checkpoint, tmp_path
     assert record["task"] == "depth" and len(record["curve"]) == 2 and 0 < record["absrel"] < 1
     assert 0 <= record["delta1"] <= 1 and record["mean_absrel"] > 0 and "AbsRel" in capsys.readouterr().out
     assert Image.open(tmp_path / "d-depth.png").size[1] > 3 * 56  # frames, true and predicted rows
+    assert probe_main(args[:-4] + ["--features", "stream", "--workers", "0", "--json", str(tmp_path / "s.json")]) == 0
+    streamed = json.loads((tmp_path / "s.json").read_text())  # encoded as read: the same readout, the same scores
+    assert streamed["features"] == "stream" and record["features"] == "memory"
+    torch.testing.assert_close(torch.tensor(streamed["curve"]), torch.tensor(record["curve"]), rtol=1e-4, atol=1e-5)
+    assert streamed["mean_absrel"] == pytest.approx(record["mean_absrel"], rel=1e-5)
     lines = []
     for i in range(5):
         frames, maps = _write_depth_window(tmp_path, f"w{i}", 4, size=(64, 48), value=1000 + 500 * i)
@@ -136,3 +143,17 @@ def test_cli_depth_on_synthetic_clips_and_a_depth_list(tiny_checkpoint, tmp_path
     assert "needs 'boxes' (tracking) or 'depths' (depth)" in capsys.readouterr().err
     assert probe_main(listed[:4] + ["--val-list", "synthetic:track:8"]) == 2
     assert "--train-list labels 'depth' but --val-list labels 'track'" in capsys.readouterr().err
+
+
+def test_two_processes_stream_the_depth_probe_as_one_does(tiny_checkpoint, tmp_path):
+    def run(nproc: int) -> dict:
+        out = tmp_path / f"{nproc}.json"
+        torchrun("ivn_fast.probe", nproc, "--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:depth:16",
+                 "--val-list", "synthetic:depth:6", "--epochs", "2", "--batch", "8", "--workers", "0", "--json", str(out))
+        return json.loads(out.read_text())
+
+    one, two = run(1), run(2)
+    assert two["features"] == "stream" and one["features"] == "memory"
+    for key in ("curve", "delta1_curve", "train_loss"):
+        torch.testing.assert_close(torch.tensor(two[key]), torch.tensor(one[key]), rtol=1e-4, atol=1e-5)
+    assert two["mean_absrel"] == pytest.approx(one["mean_absrel"], rel=1e-5)

@@ -12,7 +12,7 @@ from ivn_fast.data.captions import read_captions, synthetic_captions, synthetic_
 from ivn_fast.data.lists import ListError
 from ivn_fast.data.synthetic import COLOURS, LABELS, SHAPES, SyntheticVideos
 from ivn_fast.features import Kept
-from ivn_fast.fit import fit, shuffled
+from ivn_fast.fit import fit
 from ivn_fast.lit import (LiT, VideoEmbedding, contrastive_loss, draw_caption, retrieval, retrieval_metrics,
                           with_captions)
 from ivn_fast.lit import main as lit_main
@@ -134,8 +134,7 @@ def test_lit_learns_to_pair_tokens_with_their_captions():
     model = LiT(VideoEmbedding("attentive", 16, 32, 2), TextTower(*builtin_text_model(synthetic_vocabulary(),
                                                                                          width=32, depth=1), 32))
     before = retrieval(model, source, captions, 16, torch.device("cpu"))[0]
-    pairs_of, steps = shuffled((tokens[:, 0], source.labels), 16, seed=0)
-    fit(model, with_captions(pairs_of, captions, model.text, 0), steps,
+    fit(model, with_captions(source.epochs(16, seed=0), captions, model.text, 0), source.steps(16),
         lambda m, *rows: contrastive_loss(*m(*rows)), lambda m: 0.0, epochs=60, lr=3e-3, weight_decay=0.0,
         device=torch.device("cpu"))
     after = retrieval(model, source, captions, 16, torch.device("cpu"))[0]

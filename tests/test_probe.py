@@ -48,7 +48,7 @@ def test_views_are_averaged_as_probabilities():
     # softmax gets every clip right; averaging logits would not ([3.3, 1.3, 0] favours class 0).
     views = torch.tensor([[10.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0]])
     tokens = views[None, :, None, :].expand(4, 3, 2, 3)  # [N, V, S, K]
-    scores = evaluate(_TokenMeanLogits(), Kept(tokens, torch.ones(4, dtype=torch.long)), 3, torch.device("cpu"))
+    scores = evaluate(_TokenMeanLogits(), Kept(tokens, torch.ones(4, dtype=torch.long), batch=3), torch.device("cpu"))
     assert scores["top1"] == 1.0 and scores["view_top1"] == pytest.approx(2 / 3) and scores["top5"] == 1.0
     assert views.mean(0).argmax() == 0
 
@@ -188,7 +188,8 @@ def test_streamed_probe_trains_as_the_kept_one_on_the_same_clips(tiny_checkpoint
             for split, n, seed in (("train", 24, 1), ("val", 12, 2))}
     kept = {split: Kept(*(lambda f: (f[0], f[1]["direction"]))(encode(encoder, d, ("direction",), 8, cpu)))
             for split, d in data.items()}
-    streamed = {split: Streamed(encoder, d, "direction", batch=8, device=cpu, workers=0) for split, d in data.items()}
+    streamed = {split: Streamed(encoder, d, ("direction",), batch=8, device=cpu, workers=0)
+                for split, d in data.items()}
     common = {"head": "attentive", "num_classes": 8, "num_heads": 2, "epochs": 3, "batch": 8, "lr": 1e-2,
               "weight_decay": 0.0, "seed": 0, "device": cpu}
     a = train_probe(kept["train"], kept["val"], **common)

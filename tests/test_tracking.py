@@ -13,6 +13,7 @@ from ivn_fast.data.synthetic import SyntheticVideos
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.models.heads import AttentionPool
 from ivn_fast.models.probe import TrackingProbe
+from ivn_fast.features import Kept
 from ivn_fast.probe import main as probe_main
 from ivn_fast.tracking import MIN_AREA, BoxList, synthetic_tracks, box_iou, mean_iou, track_loss, train_tracker
 
@@ -60,12 +61,12 @@ def _moving_boxes(n: int, seed: int, frames: int = 4, dim: int = 32):
     tokens = 0.1 * torch.randn(n, frames + 3, dim, generator=g)
     for f in range(frames):
         tokens[:, f, 4 * f:4 * f + 4] += 4 * boxes[:, f]
-    return tokens[:, None], {"boxes": boxes[:, None], "seen": torch.ones(n, 1, frames, dtype=torch.bool)}
+    return Kept(tokens[:, None], boxes[:, None], torch.ones(n, 1, frames, dtype=torch.bool))
 
 
 def test_readout_learns_motion_from_the_tokens():
-    result = train_tracker(_moving_boxes(512, 0), _moving_boxes(128, 1), num_heads=2, epochs=40, batch=32, lr=3e-3,
-                           weight_decay=0.0, seed=0, device=torch.device("cpu"))
+    result = train_tracker(_moving_boxes(512, 0), _moving_boxes(128, 1), num_frames=4, num_heads=2, epochs=40,
+                           batch=32, lr=3e-3, weight_decay=0.0, seed=0, device=torch.device("cpu"))
     assert result["static_miou"] < 0.2
     assert result["miou"] > result["static_miou"] + 0.25, result["curve"]
     assert result["train_loss"][-1] < result["train_loss"][0] / 2 and len(result["curve"]) == 40
@@ -149,8 +150,12 @@ def test_cli_tracks_synthetic_shapes(tiny_checkpoint, tmp_path, capsys):
     assert "--train-list labels 'track' but --val-list labels 'shape'" in capsys.readouterr().err
     assert probe_main(args[:6] + ["--crops", "2"]) == 2
     assert "one view per window" in capsys.readouterr().err
-    assert probe_main(args[:6] + ["--features", "stream"]) == 2
-    assert "--features stream is for classification" in capsys.readouterr().err
+    # streamed: the windows are encoded as they are read, and train the same readout
+    assert probe_main(args[:-4] + ["--features", "stream", "--workers", "0", "--json", str(tmp_path / "s.json")]) == 0
+    streamed = json.loads((tmp_path / "s.json").read_text())
+    assert streamed["features"] == "stream" and record["features"] == "memory"
+    torch.testing.assert_close(torch.tensor(streamed["curve"]), torch.tensor(record["curve"]), rtol=1e-4, atol=1e-5)
+    assert streamed["static_miou"] == pytest.approx(record["static_miou"], rel=1e-5)
 
 
 def test_cli_tracks_a_box_list_and_leaves_unreadable_windows_out(tiny_checkpoint, tmp_path, caplog, capsys):

@@ -219,6 +219,6 @@ class RenderedClips(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        clip = self.clips.render(index)[1]
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        clip = self.clips.render(key % len(self))[1]  # a streamed probe's epoch keys: the clips stay as they are
         return {"video": normalize(clip.pixels, channel_dim=0), **self.targets(clip)}

@@ -8,6 +8,8 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
 
@@ -57,12 +59,18 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def sum_over_ranks(counts: list[int]) -> list[int]:
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Each value summed over the processes, of its own type (int or float)."""
     if not dist.is_initialized():
-        return counts
-    total = torch.tensor(counts, dtype=torch.float64, device=_collective_device())
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return [int(v) for v in total.tolist()]
+    return [type(v)(t) for v, t in zip(values, total.tolist())]
+
+
+def data_parallel(model: nn.Module, world: World) -> nn.Module:
+    """`model` under DDP when several processes train it, else itself."""
+    return model if world.size == 1 else DistributedDataParallel(model)
 
 
 def barrier() -> None:
