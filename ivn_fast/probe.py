@@ -8,8 +8,8 @@
 
 The encoder (a training checkpoint of either stage, a directory written by
 `python -m ivn_fast.export`, or a released InternVideo-Next checkpoint file) stays frozen: its
-tokens are computed once per view and kept, then a probe head is trained on them with AdamW and
-a cosine schedule. `--random-init` probes an encoder of the same shape with random weights, the
+tokens are computed once per view and kept (or, for sets too large to keep, encoded as they are
+read: `--features`), then a probe head is trained on them with AdamW and a cosine schedule. `--random-init` probes an encoder of the same shape with random weights, the
 baseline every result is read against. On a GPU, attention follows the training run's measured
 table (see `--train.attention` of `ivn_fast.pretrain`), timed on the first run on a new GPU.
 
@@ -310,9 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crops", type=int, default=1, help="spatial crops per segment at test time")
     add_clip_options(parser)
     parser.add_argument("--features", default="auto", choices=("auto", "memory", "stream"),
-                        help="classification: encode every view once and keep the tokens (memory: fast, one fixed "
-                             "training view per clip), or encode clips as they are read (stream: each epoch "
-                             "samples and crops training clips afresh, for sets too large to keep); auto keeps "
+                        help="encode every view once and keep the tokens (memory: fast, one fixed training view "
+                             "per clip), or encode clips as they are read (stream: each epoch samples and crops "
+                             "training clips afresh, for sets too large to keep; always under torchrun); auto keeps "
                              "them while they take at most a quarter of this machine's memory")
     parser.add_argument("--cache-dir", type=Path, help="keep the linear probe's pooled features here")
     parser.add_argument("--workers", type=int, default=1,
