@@ -308,8 +308,7 @@ def train_lit(args: argparse.Namespace, encoder: VideoEncoder, splits: dict[str,
     """Train the video head and text tower on the training pairs; validation retrieval after each epoch,
     zero-shot classification at the end; with --plot, the curves and the retrieval picture."""
     tasks = {split: c.task for split, c in splits.items()} | ({"zero-shot": zero} if zero else {})
-    source, mode, _ = sources(args, encoder, tasks, (tasks["train"].label,), device, world,
-                              pool=args.head == "linear")
+    source, mode, _ = sources(args, encoder, tasks, device, world, pool=args.head == "linear")
     dim = args.embed_dim or encoder.cfg.embed_dim
     torch.manual_seed(args.seed)
     video = VideoEmbedding(args.head, encoder.cfg.embed_dim, dim, args.heads or encoder.cfg.num_heads)

@@ -79,9 +79,9 @@ from ivn_fast.viz import draw_boxes, save_clip_grid, save_curves
 
 log = logging.getLogger("ivn_fast")
 
-# every split of the synthetic set has its own seed (the video-text evaluation's zero-shot set too)
-SEEDS = {"train": 1_000, "val": 2_000, "zero-shot": 3_000}
-DEFAULT_CLIPS = {"train": 720, "val": 288, "zero-shot": 288}
+# every split of the synthetic set has its own seed (the video-text evaluations' zero-shot and MCQ sets too)
+SEEDS = {"train": 1_000, "val": 2_000, "zero-shot": 3_000, "mcq": 4_000}
+DEFAULT_CLIPS = {"train": 720, "val": 288, "zero-shot": 288, "mcq": 288}
 # V-JEPA-style probe recipe: AdamW at this peak rate and decay, cosine, batches of this many clips
 LR, WEIGHT_DECAY, BATCH, EPOCHS = 1e-3, 0.05, 32, 20
 CROP_CANVAS = 1.25  # rendered frame side / view side when a clip is cut into several crops
@@ -405,28 +405,29 @@ def feature_mode(choice: str, need: int, *, cached: bool = False) -> str:
     return mode
 
 
-def sources(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], keys: Sequence[str],
-            device: torch.device, world: World, *, pool: bool = False) -> tuple[dict[str, Source], str, dict]:
-    """Each split's tokens (mean-pooled with `pool`) and the targets under `keys`, kept (from --cache-dir
-    when given) or streamed, as --features says (always streamed under torchrun); the mode, and which
-    kept splits came from the cache."""
+def sources(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task], device: torch.device,
+            world: World, *, keys: Sequence[str] = (), pool: bool = False) -> tuple[dict[str, Source], str, dict]:
+    """Each split's tokens (mean-pooled with `pool`) and its targets: those under `keys`, or its task's
+    own label; kept (from --cache-dir when given) or streamed, as --features says (always streamed under
+    torchrun). Also the mode, and which kept splits came from the cache."""
     spec = tasks["train"].spec
     need = feature_bytes(encoder, tasks, spec["frames"], spec["size"], pool)
     cache = getattr(args, "cache_dir", None)
     mode = "stream" if world.size > 1 else feature_mode(args.features, need, cached=cache is not None)
     out, cached = {}, {}
     for split, task in tasks.items():
+        read = tuple(keys) or (task.label,)
         if mode == "stream":
-            out[split] = Streamed(encoder, task.data, keys, batch=max(1, args.batch // world.size), device=device,
+            out[split] = Streamed(encoder, task.data, read, batch=max(1, args.batch // world.size), device=device,
                                   workers=args.workers, pool=pool, world=world, amp=args.amp)
             continue
         if cache:
-            (tokens, targets), cached[split] = cached_encode(cache, task.spec, encoder, task.data, keys, args.batch,
+            (tokens, targets), cached[split] = cached_encode(cache, task.spec, encoder, task.data, read, args.batch,
                                                              device, workers=args.workers, amp=args.amp)
         else:
-            tokens, targets = encode(encoder, task.data, keys, args.batch, device, pool=pool, workers=args.workers,
+            tokens, targets = encode(encoder, task.data, read, args.batch, device, pool=pool, workers=args.workers,
                                      amp=args.amp)
-        out[split] = Kept(tokens, *(targets[k] for k in keys), batch=args.batch)
+        out[split] = Kept(tokens, *(targets[k] for k in read), batch=args.batch)
     return out, mode, cached
 
 
@@ -434,7 +435,7 @@ def classify(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, T
              world: World) -> dict:
     """Train the classification probe on kept or streamed tokens; the record and what to print and draw."""
     label = tasks["train"].label
-    source, mode, cached = sources(args, encoder, tasks, (label,), device, world, pool=args.head == "linear")
+    source, mode, cached = sources(args, encoder, tasks, device, world, pool=args.head == "linear")
     unseen = sorted(set(task_labels(tasks["val"])) - set(task_labels(tasks["train"])))
     if unseen and world.is_main:
         log.warning("validation label(s) %s never occur in the training clips: the probe cannot learn them "
@@ -458,7 +459,7 @@ def track(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
           world: World) -> dict:
     """Train the tracking readout on kept or streamed tokens; the record and what to print and draw. With
     --plot, PLOT-boxes.png shows validation windows with true (green) and predicted (red) boxes."""
-    source, mode, _ = sources(args, encoder, tasks, TRACK_KEYS, device, world)
+    source, mode, _ = sources(args, encoder, tasks, device, world, keys=TRACK_KEYS)
     result = train_tracker(source["train"], source["val"], num_frames=tasks["train"].spec["frames"],
                            num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
                            lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
@@ -477,7 +478,7 @@ def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
           world: World) -> dict:
     """Train the depth readout on kept or streamed tokens; the record and what to print and draw. With
     --plot, PLOT-depth.png shows validation windows' frames, true and predicted depth."""
-    source, mode, _ = sources(args, encoder, tasks, DEPTH_KEYS, device, world)
+    source, mode, _ = sources(args, encoder, tasks, device, world, keys=DEPTH_KEYS)
     patch = encoder.cfg.patch_size
     frames, size = tasks["train"].spec["frames"], tasks["train"].spec["size"]
     result = train_depth(source["train"], source["val"], grid=(frames, size // patch, size // patch), patch=patch,

@@ -22,6 +22,8 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ivn_fast.data.lists import ListError, VideoEntry, VideoList
 from ivn_fast.data.synthetic import COLOURS, DIRECTIONS, SHAPES, SPEEDS, SyntheticVideos
 
@@ -38,12 +40,44 @@ WORDS = re.compile(r"\w+|[^\w\s]+")  # how a caption splits into words (the buil
 _WORDS = {"shape": SHAPES, "direction": DIRECTIONS, "speed": SPEEDS, "colour": COLOURS, "size": SIZES}
 
 
-def synthetic_captions(videos: SyntheticVideos, index: int) -> list[str]:
-    """Every template's caption of clip `index`: its shape, colour, size, direction and speed."""
+def _words(videos: SyntheticVideos, index: int) -> dict[str, str]:
+    """What clip `index` shows, word by word: its shape, colour, size, direction and speed."""
     labels, look = videos.labels(index), videos.look(index)
-    words = {"shape": SHAPES[labels["shape"]], "direction": DIRECTIONS[labels["direction"]],
-             "speed": SPEEDS[labels["speed"]], "colour": COLOURS[look.colour], "size": SIZES[not look.small]}
-    return [t.format(**words) for t in SYNTHETIC_TEMPLATES]
+    return {"shape": SHAPES[labels["shape"]], "direction": DIRECTIONS[labels["direction"]],
+            "speed": SPEEDS[labels["speed"]], "colour": COLOURS[look.colour], "size": SIZES[not look.small]}
+
+
+def synthetic_captions(videos: SyntheticVideos, index: int) -> list[str]:
+    """Every template's caption of clip `index`."""
+    return [t.format(**_words(videos, index)) for t in SYNTHETIC_TEMPLATES]
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice item: the prompt, the options, the right one's index, and the word it asks about
+    (synthetic items)."""
+
+    prompt: str
+    options: list[str]
+    answer: int
+    kind: str = ""
+
+
+# the words a synthetic question asks about, in turn over the clips
+ASKED = ("shape", "colour", "direction", "speed")
+
+
+def synthetic_question(videos: SyntheticVideos, index: int, prompt: str, options: int = 4) -> Question:
+    """Which caption is clip `index`'s: its first caption among up to `options` with one word changed
+    (the shape, colour, direction or speed, in turn over the clips), in an order drawn from the index."""
+    words = _words(videos, index)
+    kind = ASKED[index % len(ASKED)]
+    rng = np.random.default_rng([index, 17])
+    others = [w for w in _WORDS[kind] if w != words[kind]]
+    picked = [words[kind]] + [others[i] for i in rng.permutation(len(others))[:options - 1]]
+    order = rng.permutation(len(picked))
+    captions = [SYNTHETIC_TEMPLATES[0].format(**{**words, kind: picked[i]}) for i in order]
+    return Question(prompt, captions, int(np.flatnonzero(order == 0)[0]), kind)
 
 
 def synthetic_prompts(label: str) -> list[str]:
@@ -98,21 +132,52 @@ def _texts(caption: object, where: str) -> list[str]:
     return [t.strip() for t in texts]
 
 
+def _window(record: dict, where: str) -> tuple[float, float]:
+    try:
+        start, end = float(record.get("start", -1.0)), float(record.get("end", -1.0))
+    except (TypeError, ValueError):
+        raise ListError(f"{where}: 'start' and 'end' must be seconds") from None
+    if 0 <= end <= start:
+        raise ListError(f"{where}: the window ends ({end:g} s) before it starts ({start:g} s)")
+    return start, end
+
+
 def read_captions(paths: Sequence[str], root: str = "") -> CaptionedVideos:
     """The videos and captions of caption files, read as one (see the module docstring)."""
     rows: dict[tuple[str, float, float], list[str]] = {}
     for where, record in (r for path in paths for r in _records(path)):
         if not isinstance(record, dict) or not isinstance(record.get("video"), str) or "caption" not in record:
             raise ListError(f"{where}: a record needs 'video' (a path) and 'caption'")
-        try:
-            start, end = float(record.get("start", -1.0)), float(record.get("end", -1.0))
-        except (TypeError, ValueError):
-            raise ListError(f"{where}: 'start' and 'end' must be seconds") from None
-        if 0 <= end <= start:
-            raise ListError(f"{where}: the window ends ({end:g} s) before it starts ({start:g} s)")
+        start, end = _window(record, where)
         video = record["video"] if os.path.isabs(record["video"]) or not root else os.path.join(root, record["video"])
         rows.setdefault((video, start, end), []).extend(_texts(record["caption"], where))
     if not rows:
         raise ListError(f"{', '.join(paths)}: no records")
     entries = [VideoEntry(video, row, "", start, end) for row, (video, start, end) in enumerate(rows)]
     return CaptionedVideos(VideoList(entries), list(rows.values()))
+
+
+def read_questions(paths: Sequence[str], root: str = "") -> tuple[VideoList, list[Question]]:
+    """Multiple-choice items of JSON or JSONL files (MVBench's layout): records of a video, its
+    "question", its "options" (or "candidates") and the "answer" (an index, or the right option's
+    text), with an optional window ("start", "end"). Entry i's label is i."""
+    entries, questions = [], []
+    for where, record in (r for path in paths for r in _records(path)):
+        if not isinstance(record, dict) or not isinstance(record.get("video"), str):
+            raise ListError(f"{where}: a record needs 'video' (a path)")
+        options = record.get("options", record.get("candidates"))
+        question, answer = record.get("question"), record.get("answer")
+        if not isinstance(question, str) or not isinstance(options, list) or len(options) < 2 or \
+                not all(isinstance(o, str) and o.strip() for o in options):
+            raise ListError(f"{where}: a record needs a 'question' and two or more 'options'")
+        if isinstance(answer, str) and answer in options:
+            answer = options.index(answer)
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(options):
+            raise ListError(f"{where}: 'answer' must be an option's index or its text, got {answer!r}")
+        start, end = _window(record, where)
+        video = record["video"] if os.path.isabs(record["video"]) or not root else os.path.join(root, record["video"])
+        entries.append(VideoEntry(video, len(entries), "", start, end))
+        questions.append(Question(question.strip(), [o.strip() for o in options], answer))
+    if not entries:
+        raise ListError(f"{', '.join(paths)}: no records")
+    return VideoList(entries), questions
