@@ -261,3 +261,23 @@ def test_bf16_encoding_gives_float32_tokens_close_to_float32_encoding(tiny_check
     assert half.dtype == torch.float32 and half.shape == full.shape == (1, 1, 4 + 4 * 64, 128)
     assert not torch.equal(half, full)  # the encoder did run in bf16
     assert torch.nn.functional.cosine_similarity(half.flatten(), full.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("features", ["memory", "stream"])
+def test_each_split_reads_its_own_label(tiny_checkpoint, features):
+    from argparse import Namespace
+
+    from ivn_fast.export import load_encoder
+    from ivn_fast.probe import sources, task_labels
+    from ivn_fast.train.distributed import World
+
+    cpu = torch.device("cpu")
+    views = {"frames": 4, "size": 112, "segments": 1, "crops": 1}
+    tasks = {"train": synthetic_task("synthetic:shape:6", "train", **views),
+             "zero-shot": synthetic_task("synthetic:direction:6", "zero-shot", **views)}
+    args = Namespace(features=features, batch=4, workers=0, amp=None)
+    out, mode, _ = sources(args, load_encoder(str(tiny_checkpoint), cpu), tasks, cpu, World())
+    assert mode == features
+    for split, task in tasks.items():
+        labels = torch.cat([y for _, y in out[split].batches()]).tolist()
+        assert labels == task_labels(task), split
