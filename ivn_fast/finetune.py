@@ -55,13 +55,12 @@ from ivn_fast.data.randaug import rand_augment
 from ivn_fast.data.transforms import denormalize, normalize
 from ivn_fast.features import Streamed
 from ivn_fast.fit import fit
-from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.probe import (Task, add_clip_options, add_device_options, add_input_options, check_at_least_one,
-                            evaluate, load_tasks, settings, start_processes, task_labels)
+                            evaluate, load_tasks, open_encoder, settings, start_processes, task_labels)
 from ivn_fast.train.checkpoint import save_file_atomic
-from ivn_fast.train.distributed import World, barrier, broadcast_object, mean_over_ranks, shutdown
+from ivn_fast.train.distributed import World, barrier, mean_over_ranks, shutdown
 from ivn_fast.train.metrics import setup_logging
 from ivn_fast.train.optim import LRSchedule, layer_decay_groups
 from ivn_fast.viz import save_curves
@@ -312,8 +311,6 @@ def train(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ivn_fast.export import load_encoder
-
     args = build_parser().parse_args(argv)
     world = World()
     try:
@@ -322,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.resume and _checkpoints(args.output_dir):
             raise ValueError(f"{args.output_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
                              "or another --output-dir")
-        log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
-        encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+        encoder = open_encoder(args, device, world)
         resolve(args, encoder)
         tasks, frames, size = load_tasks(args, encoder, flip=args.flip)
         for split, task in tasks.items():

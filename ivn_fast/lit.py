@@ -54,15 +54,14 @@ from ivn_fast.data.synthetic import LABELS
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.features import Source, gather_rows
 from ivn_fast.fit import Batches, fit
-from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.probe import PROBE_KINDS, build_probe
 from ivn_fast.models.text import TextTower, builtin_text_model, load_text_model
-from ivn_fast.probe import (SEEDS, SyntheticViews, Task, add_clip_options, add_device_options,
-                            add_input_options, check_at_least_one, load_task, parse_synthetic, report, sources,
-                            start_processes, topk_accuracy, video_task)
-from ivn_fast.train.distributed import (World, broadcast_object, data_parallel, gather_with_grad, mean_over_ranks,
-                                        shutdown)
+from ivn_fast.probe import (SEEDS, SyntheticViews, Task, add_clip_options, add_device_options, add_feature_options,
+                            add_fit_options, add_input_options, check_at_least_one, clip_shape, load_task,
+                            open_encoder, parse_synthetic, report, sources, start_processes, topk_accuracy,
+                            video_task)
+from ivn_fast.train.distributed import World, data_parallel, gather_keeping_grad, mean_over_ranks, shutdown
 from ivn_fast.train.optim import param_groups
 from ivn_fast.viz import save_clip_grid, save_curves
 
@@ -72,6 +71,7 @@ log = logging.getLogger("ivn_fast")
 LR, WEIGHT_DECAY, BATCH, EPOCHS = 5e-4, 0.05, 64, 20
 INIT_TEMPERATURE, MAX_SCALE = 0.07, 100.0
 LIST_PROMPT = "a video of {}."
+CAPTION_LISTS = "synthetic:captions[:CLIPS] or caption files (.json / .jsonl, comma-separated)"
 RECALLS = (1, 5, 10)
 
 
@@ -133,15 +133,21 @@ class LiT(nn.Module):
 
 
 def contrastive_loss(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE: this process's pairs [b, D] against every process's (pair i matches i),
-    weighted by this process's share of the batch, so that the mean over processes (DDP's) is the whole
-    batch's mean even when the shares differ by one."""
-    all_video, start = gather_with_grad(video)
-    all_text, _ = gather_with_grad(text)
-    target = torch.arange(len(video), device=video.device) + start
-    to_text, to_video = scale * video @ all_text.T, scale * text @ all_video.T
-    share = len(video) * (dist.get_world_size() if dist.is_initialized() else 1) / len(all_video)
-    return share * (F.cross_entropy(to_text, target) + F.cross_entropy(to_video, target)) / 2
+    """CLIP's symmetric InfoNCE over the whole batch: every process's pairs [b, D] (pair i matches i).
+    Each process computes the whole batch's loss with gradients through its own pairs only; the loss
+    keeps its value and takes W times its gradient, so that DDP's mean over the W processes is the
+    whole batch's gradient. The temperature's gradient comes from the first process alone (zero on the
+    others), so the mean counts it once."""
+    all_video, _ = gather_keeping_grad(video)
+    all_text, _ = gather_keeping_grad(text)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world > 1:
+        first = float(dist.get_rank() == 0)
+        scale = scale * first + scale.detach() * (1 - first)
+    logits = scale * all_video @ all_text.T
+    target = torch.arange(len(logits), device=logits.device)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return loss + (world - 1) * (loss - loss.detach())
 
 
 def draw_caption(options: Sequence[str], seed: int, epoch: int, row: int) -> str:
@@ -228,7 +234,7 @@ def zero_shot(model: LiT, source: Source, names: Sequence[str], prompts: Sequenc
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ivn_fast.lit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_input_options(parser, "synthetic:captions[:CLIPS] or caption files (.json / .jsonl, comma-separated)")
+    add_input_options(parser, CAPTION_LISTS)
     parser.add_argument("--text-model", default="builtin",
                         help="local directory of a transformers text model and its tokenizer (of a CLIP or SigLIP "
                              "checkpoint, its text side), or builtin: a small random one over the synthetic words")
@@ -236,11 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="video head: the attentive probe's block, or linear (LayerNorm of the mean token)")
     parser.add_argument("--embed-dim", type=int, default=0, help="joint embedding width (0: the encoder's width)")
     parser.add_argument("--heads", type=int, default=0, help="attention heads of the attentive head (0: the encoder's)")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs")
-    parser.add_argument("--batch", type=int, default=BATCH,
-                        help="pairs per contrastive batch, over all processes (and clips per encoding batch)")
-    parser.add_argument("--lr", type=float, default=LR, help="peak AdamW learning rate (cosine to 0)")
-    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW weight decay")
+    add_fit_options(parser, "the heads and text tower (--batch clips and captions: one contrastive batch)",
+                    epochs=EPOCHS, batch=BATCH, lr=LR, weight_decay=WEIGHT_DECAY)
     parser.add_argument("--zero-shot-list", default="",
                         help="classify these clips zero-shot after training: synthetic:LABEL[:CLIPS] (LABEL shape, "
                              "direction or speed) or a labelled video list")
@@ -255,12 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_clip_options(parser)
     parser.add_argument("--flip", action="store_true", help="mirror training clips at random (off: captions may "
                                                             "name left and right)")
-    parser.add_argument("--features", default="auto", choices=("auto", "memory", "stream"),
-                        help="keep every view's tokens (memory), encode clips as they are read (stream: fresh "
-                             "crops each epoch; always under torchrun), or auto: memory while it takes at most a "
-                             "quarter of this machine's memory")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="DataLoader processes that render or decode clips (0: in the main process)")
+    add_feature_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the heads, the text tower and the data order")
     add_device_options(parser, "the frozen encoder's forward and the training forward of the heads and the text "
                                "tower (their weights, optimiser and the loss stay float32)")
@@ -374,8 +372,6 @@ def summarise(args: argparse.Namespace, record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ivn_fast.export import load_encoder
-
     args = build_parser().parse_args(argv)
     try:
         check_at_least_one(args, ("epochs", "batch", "segments", "crops", "stride"))
@@ -384,12 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.text_model != "builtin" and not Path(args.text_model).is_dir():
             raise ValueError(f"--text-model {args.text_model}: not a directory (save_pretrained writes one)")
         device, world = start_processes(args)
-        log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
-        encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
-        frames = args.frames or encoder.grid[0]
-        size = args.size or encoder.grid[1] * encoder.cfg.patch_size
-        if size % encoder.cfg.patch_size:
-            raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
+        encoder = open_encoder(args, device, world)
+        frames, size = clip_shape(args, encoder)
         splits = {split: caption_task(spec, split, args, frames, size)
                   for split, spec in (("train", args.train_list), ("val", args.val_list))}
         zero = load_task(args.zero_shot_list, "zero-shot", args, frames, size) if args.zero_shot_list else None

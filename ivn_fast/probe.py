@@ -285,6 +285,27 @@ def add_clip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=DataConfig().stride, help="frame step of dense sampling")
 
 
+def add_fit_options(parser: argparse.ArgumentParser, what: str, *, epochs: int, batch: int, lr: float,
+                    weight_decay: float) -> None:
+    """--epochs, --batch, --lr and --weight-decay of what trains (`what`) on frozen features."""
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs of {what}")
+    parser.add_argument("--batch", type=int, default=batch,
+                        help="clips per step, over all processes (and per encoding batch)")
+    parser.add_argument("--lr", type=float, default=lr, help=f"peak AdamW learning rate of {what} (cosine to 0)")
+    parser.add_argument("--weight-decay", type=float, default=weight_decay, help=f"AdamW weight decay of {what}")
+
+
+def add_feature_options(parser: argparse.ArgumentParser) -> None:
+    """--features and --workers: how frozen features are made (sources)."""
+    parser.add_argument("--features", default="auto", choices=("auto", "memory", "stream"),
+                        help="encode every view once and keep the tokens (memory: fast, one fixed training view "
+                             "per clip), or encode clips as they are read (stream: each epoch samples and crops "
+                             "training clips afresh, for sets too large to keep; always under torchrun); auto keeps "
+                             "them while they take at most a quarter of this machine's memory")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="DataLoader processes that render or decode clips (0: in the main process)")
+
+
 def add_device_options(parser: argparse.ArgumentParser, what: str) -> None:
     """--device and --precision, read by start_processes."""
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
@@ -299,24 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "lists ('path label' per line), or a box or depth list (.jsonl)")
     parser.add_argument("--head", default="attentive", choices=PROBE_KINDS,
                         help="attentive (V-JEPA's) or linear on mean-pooled tokens")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="probe training epochs")
-    parser.add_argument("--batch", type=int, default=BATCH, help="clips per probe step, over all processes (and "
-                                                                 "per encoding batch)")
-    parser.add_argument("--lr", type=float, default=LR, help="peak AdamW learning rate of the probe")
-    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW weight decay of the probe")
+    add_fit_options(parser, "the probe", epochs=EPOCHS, batch=BATCH, lr=LR, weight_decay=WEIGHT_DECAY)
     parser.add_argument("--heads", type=int, default=0, help="attention heads of the attentive probe "
                                                              "(0: the encoder's)")
     parser.add_argument("--segments", type=int, default=1, help="temporal segments per clip at test time")
     parser.add_argument("--crops", type=int, default=1, help="spatial crops per segment at test time")
     add_clip_options(parser)
-    parser.add_argument("--features", default="auto", choices=("auto", "memory", "stream"),
-                        help="encode every view once and keep the tokens (memory: fast, one fixed training view "
-                             "per clip), or encode clips as they are read (stream: each epoch samples and crops "
-                             "training clips afresh, for sets too large to keep; always under torchrun); auto keeps "
-                             "them while they take at most a quarter of this machine's memory")
+    add_feature_options(parser)
     parser.add_argument("--cache-dir", type=Path, help="keep the linear probe's pooled features here")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="DataLoader processes that render or decode clips (0: in the main process)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe's initialisation and data order")
     add_device_options(parser, "the frozen encoder's forward; the probe head trains in float32 either way")
     parser.add_argument("--json", type=Path, help="write the result, with the settings it ran, here")
@@ -554,13 +565,28 @@ def start_processes(args: argparse.Namespace) -> tuple[torch.device, World]:
     return (torch.device("cuda", world.local_rank) if device.type == "cuda" else device), world
 
 
-def load_tasks(args: argparse.Namespace, encoder: VideoEncoder, flip: bool = True) -> tuple[dict[str, Task], int, int]:
-    """The training and validation tasks of --train-list / --val-list, at the clip shape of --frames
-    and --size (0: the encoder's own); their labels must be the same kind."""
+def open_encoder(args: argparse.Namespace, device: torch.device, world: World) -> VideoEncoder:
+    """The frozen encoder of --checkpoint (--random-init: random weights of its shape) on `device`, with
+    attention configured as the training run measured it."""
+    from ivn_fast.export import load_encoder
+
+    log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
+    return load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+
+
+def clip_shape(args: argparse.Namespace, encoder: VideoEncoder) -> tuple[int, int]:
+    """Frames and side of the clips, from --frames and --size (0: the encoder's own)."""
     frames = args.frames or encoder.grid[0]
     size = args.size or encoder.grid[1] * encoder.cfg.patch_size
     if size % encoder.cfg.patch_size:
         raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
+    return frames, size
+
+
+def load_tasks(args: argparse.Namespace, encoder: VideoEncoder, flip: bool = True) -> tuple[dict[str, Task], int, int]:
+    """The training and validation tasks of --train-list / --val-list at the clip shape (clip_shape);
+    their labels must be the same kind."""
+    frames, size = clip_shape(args, encoder)
     tasks = {split: load_task(spec, split, args, frames, size, flip=flip)
              for split, spec in (("train", args.train_list), ("val", args.val_list))}
     if tasks["train"].label != tasks["val"].label:
@@ -570,14 +596,11 @@ def load_tasks(args: argparse.Namespace, encoder: VideoEncoder, flip: bool = Tru
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ivn_fast.export import load_encoder
-
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
         device, world = start_processes(args)
-        log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
-        encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
+        encoder = open_encoder(args, device, world)
         tasks, frames, size = load_tasks(args, encoder)
         _check_dense(args, tasks)
         if world.size > 1 and (args.features == "memory" or args.cache_dir):

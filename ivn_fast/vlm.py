@@ -49,14 +49,14 @@ from ivn_fast.data.lists import ListError
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.features import Source
 from ivn_fast.fit import Batches, fit
-from ivn_fast.lit import Captioned, caption_task, draw_caption
-from ivn_fast.models.attention_table import configure as configure_attention
+from ivn_fast.lit import CAPTION_LISTS, Captioned, caption_task, draw_caption
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.layers import Mlp
 from ivn_fast.models.llm import builtin_causal_lm, freeze, load_causal_lm
-from ivn_fast.probe import (SEEDS, SyntheticViews, Task, add_clip_options, add_device_options, add_input_options,
-                            check_at_least_one, parse_synthetic, report, sources, start_processes, video_task)
-from ivn_fast.train.distributed import World, broadcast_object, data_parallel, shutdown, sum_over_ranks
+from ivn_fast.probe import (SEEDS, SyntheticViews, Task, add_clip_options, add_device_options, add_feature_options,
+                            add_fit_options, add_input_options, check_at_least_one, clip_shape, open_encoder,
+                            parse_synthetic, report, sources, start_processes, video_task)
+from ivn_fast.train.distributed import World, data_parallel, shutdown, sum_over_ranks
 from ivn_fast.viz import save_clip_grid, save_curves
 
 log = logging.getLogger("ivn_fast")
@@ -227,7 +227,7 @@ def generate(model: VideoLLM, tokens: torch.Tensor, tokenizer, instruction: str,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ivn_fast.vlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_input_options(parser, "synthetic:captions[:CLIPS] or caption files (.json / .jsonl, comma-separated)")
+    add_input_options(parser, CAPTION_LISTS)
     parser.add_argument("--llm", default="builtin",
                         help="local directory of a causal language model and its tokenizer, or builtin: a small one "
                              "trained first on the training captions' text")
@@ -238,18 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens-per-frame", type=int, default=16,
                         help="each frame's patch grid is average-pooled to this many tokens (a square number)")
     parser.add_argument("--instruction", default=INSTRUCTION, help="the text between the clip and its caption")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs of the connector")
-    parser.add_argument("--batch", type=int, default=BATCH,
-                        help="clips per step, over all processes (and per encoding batch)")
-    parser.add_argument("--lr", type=float, default=LR, help="peak AdamW learning rate (cosine to 0)")
-    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW weight decay")
+    add_fit_options(parser, "the connector", epochs=EPOCHS, batch=BATCH, lr=LR, weight_decay=WEIGHT_DECAY)
     add_clip_options(parser)
-    parser.add_argument("--features", default="auto", choices=("auto", "memory", "stream"),
-                        help="keep every clip's tokens (memory), encode clips as they are read (stream: fresh "
-                             "crops each epoch; always under torchrun), or auto: memory while it takes at most a "
-                             "quarter of this machine's memory")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="DataLoader processes that render or decode clips (0: in the main process)")
+    add_feature_options(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the connector, the built-in language model and the data order")
     add_device_options(parser, "the frozen encoder's forward and the language model's (a loaded one is held in "
@@ -329,8 +320,6 @@ def _first_view(video: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ivn_fast.export import load_encoder
-
     args = build_parser().parse_args(argv)
     try:
         check_at_least_one(args, ("epochs", "batch", "stride", "tokens_per_frame"))
@@ -341,12 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.llm != "builtin" and not Path(args.llm).is_dir():
             raise ValueError(f"--llm {args.llm}: not a directory (save_pretrained writes one)")
         device, world = start_processes(args)
-        log.info(configure_attention("auto", device, is_main=world.is_main, share=broadcast_object))
-        encoder = load_encoder(args.checkpoint, device, random_init=args.random_init, seed=args.seed)
-        frames = args.frames or encoder.grid[0]
-        size = args.size or encoder.grid[1] * encoder.cfg.patch_size
-        if size % encoder.cfg.patch_size:
-            raise ValueError(f"--size {size} is not a multiple of the patch size {encoder.cfg.patch_size}")
+        encoder = open_encoder(args, device, world)
+        frames, size = clip_shape(args, encoder)
         grid = (frames, size // encoder.cfg.patch_size, size // encoder.cfg.patch_size)
         if args.tokens_per_frame > grid[1] * grid[2]:
             raise ValueError(f"--tokens-per-frame {args.tokens_per_frame} exceeds a frame's {grid[1] * grid[2]} tokens")

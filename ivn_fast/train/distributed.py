@@ -92,35 +92,21 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
-class _GatherRows(torch.autograd.Function):
-    """Every process's rows in rank order; the backward pass hands each process the summed gradient of
-    its own rows (an all-reduce, which every backend has, where reduce-scatter is not on gloo)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        ctx.sizes, ctx.rank = sizes, dist.get_rank()
-        padded = x.new_zeros(max(sizes), *x.shape[1:])
-        padded[:len(x)] = x
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
-        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        start = sum(ctx.sizes[:ctx.rank])
-        return grad[start:start + ctx.sizes[ctx.rank]], None
-
-
-def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Rows of every process (their counts may differ), gradients flowing back to each; and where this
-    process's rows start. For a loss over the whole batch: each process's loss on its own rows against
-    everyone's gets the gradient of the sum over processes, which DDP then averages."""
+def gather_keeping_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Rows of every process in rank order (their counts may differ), where only this process's own rows
+    carry their gradient; and where they start. A loss over the whole batch then gives each process
+    the exact gradient of its own rows, with no collective in the backward pass."""
     if not dist.is_initialized():
         return x, 0
     count = torch.tensor([len(x)], device=x.device)
     counts = [torch.empty_like(count) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, count)
     sizes = [int(c) for c in counts]
-    return _GatherRows.apply(x, sizes), sum(sizes[:dist.get_rank()])
+    padded = x.detach().new_zeros(max(sizes), *x.shape[1:])
+    padded[:len(x)] = x.detach()
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    rows = [p[:n] for p, n in zip(parts, sizes)]
+    rank = dist.get_rank()
+    rows[rank] = x
+    return torch.cat(rows), sum(sizes[:rank])
