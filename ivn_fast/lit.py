@@ -11,7 +11,7 @@ The encoder stays frozen. A video head (the attentive probe's block, or a LayerN
 token, then a projection into the joint space) and a text tower (`--text-model`: a transformers
 text model and tokenizer saved in a local directory, such as MobileCLIP-B's text encoder in CLIP's
 layout, which the paper starts from; `builtin`: a small random CLIP-style transformer over the
-synthetic captions' words) train with CLIP's symmetric contrastive loss and a learned temperature.
+synthetic captions' words and the run's own) train with CLIP's symmetric contrastive loss and a learned temperature.
 The paper does not say how the frozen tokens are pooled; the head here is ours.
 
 Caption lists are JSON or JSONL records of a video and its caption(s) (`ivn_fast.data.captions`);
@@ -39,7 +39,7 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ivn_fast.data.captions import read_captions, synthetic_captions, synthetic_prompts, synthetic_vocabulary
+from ivn_fast.data.captions import read_captions, synthetic_captions, synthetic_prompts, vocabulary
 from ivn_fast.data.lists import ListError
 from ivn_fast.data.synthetic import LABELS
 from ivn_fast.data.transforms import denormalize
@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_options(parser, CAPTION_LISTS)
     parser.add_argument("--text-model", default="builtin",
                         help="local directory of a transformers text model and its tokenizer (of a CLIP or SigLIP "
-                             "checkpoint, its text side), or builtin: a small random one over the synthetic words")
+                             "checkpoint, its text side), or builtin: a small random one over the synthetic words "
+                             "and the run's own")
     parser.add_argument("--head", default="attentive", choices=PROBE_KINDS,
                         help="video head: the attentive probe's block, or linear (LayerNorm of the mean token)")
     parser.add_argument("--embed-dim", type=int, default=0, help="joint embedding width (0: the encoder's width)")
@@ -294,10 +295,11 @@ def prompts(args: argparse.Namespace, task: Task) -> list[str]:
     return chosen
 
 
-def text_tower(args: argparse.Namespace, dim: int) -> TextTower:
+def text_tower(args: argparse.Namespace, dim: int, texts: Iterable[str]) -> TextTower:
+    """--text-model's tower; the built-in one's words are the synthetic ones and those of `texts`."""
     torch.manual_seed(args.seed)
     if args.text_model == "builtin":
-        return TextTower(*builtin_text_model(synthetic_vocabulary()), dim)
+        return TextTower(*builtin_text_model(vocabulary(texts)), dim)
     return TextTower(*load_text_model(args.text_model), dim)
 
 
@@ -310,7 +312,10 @@ def train_lit(args: argparse.Namespace, encoder: VideoEncoder, splits: dict[str,
     dim = args.embed_dim or encoder.cfg.embed_dim
     torch.manual_seed(args.seed)
     video = VideoEmbedding(args.head, encoder.cfg.embed_dim, dim, args.heads or encoder.cfg.num_heads)
-    model = LiT(video, text_tower(args, dim)).to(device)
+    texts = [c for split in splits.values() for captions in split.captions for c in captions]
+    if zero is not None:
+        texts += [p.format(n) for n in class_names(args, zero) for p in prompts(args, zero)]
+    model = LiT(video, text_tower(args, dim, texts)).to(device)
     train = source["train"]
     batches = with_captions(train.epochs(args.batch, args.seed), splits["train"].captions, model.text, args.seed)
     val = splits["val"].captions

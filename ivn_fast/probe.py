@@ -9,8 +9,9 @@
 The encoder (a training checkpoint of either stage, a directory written by
 `python -m ivn_fast.export`, or a released InternVideo-Next checkpoint file) stays frozen: its
 tokens are computed once per view and kept (or, for sets too large to keep, encoded as they are
-read: `--features`), then a probe head is trained on them with AdamW and a cosine schedule. `--random-init` probes an encoder of the same shape with random weights, the
-baseline every result is read against. On a GPU, attention follows the training run's measured
+read: `--features`), then a probe head is trained on them with AdamW and a cosine schedule.
+`--random-init` probes an encoder of the same shape with random weights, the baseline every result
+is read against. On a GPU, attention follows the training run's measured
 table (see `--train.attention` of `ivn_fast.pretrain`), timed on the first run on a new GPU.
 
 Multi-view testing: each validation clip is seen as segments x crops views and the probe's

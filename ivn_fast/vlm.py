@@ -22,8 +22,9 @@ question, and the best-scored one is the answer (MVBench's multiple choice, scor
 The result also gives the accuracy without the clip (`blind_accuracy`: the language model's prior
 over the options), which the connector has to beat. `synthetic:mcq[:CLIPS]` asks, for each clip,
 which of four captions is its own: the true one and three with its shape, colour, direction or
-speed changed (the word asked about goes round the clips; speed has three values, so three options). MCQ files are JSON or JSONL records of a
-video, its "question", "options" (or "candidates") and "answer" (an index or the option's text).
+speed changed (the word asked about goes round the clips; speed has three values, so three
+options). MCQ files are JSON or JSONL records of a video, its "question", "options" (or
+"candidates") and "answer" (an index or the option's text).
 
 Caption lists, features, processes and precision work as in `ivn_fast.lit`. `--plot` draws the
 curves and PLOT-captions.png: validation clips with the caption the model generates (greedy).
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ivn_fast.data.captions import ASKED, WORDS, Question, read_questions, synthetic_question, synthetic_vocabulary
+from ivn_fast.data.captions import ASKED, Question, read_questions, synthetic_question, vocabulary
 from ivn_fast.data.lists import ListError
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.features import Source
@@ -253,13 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def language_model(args: argparse.Namespace, train: Captioned, device: torch.device):
-    """The frozen language model of --llm, and its tokenizer (padding on the right: targets follow prompts)."""
+    """The frozen language model of --llm, and its tokenizer (padding on the right: targets follow prompts).
+    The built-in one's words are the synthetic ones and its training texts'."""
     if args.llm == "builtin":  # each caption after the instruction and another of the clip's: it learns to read back
         rng = np.random.default_rng(args.seed)
         texts = [f"{captions[rng.integers(len(captions))]} {args.instruction} {c}" for captions in train.captions
                  for c in captions]
-        tokenizer, lm = builtin_causal_lm([*synthetic_vocabulary(), *WORDS.findall(args.instruction.lower())], texts,
-                                          steps=args.lm_steps, seed=args.seed)
+        tokenizer, lm = builtin_causal_lm(vocabulary(texts), texts, steps=args.lm_steps, seed=args.seed)
     else:
         tokenizer, lm = load_causal_lm(args.llm, dtype=args.amp or torch.float32)
     if tokenizer.pad_token_id is None:

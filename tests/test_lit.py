@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ivn_fast.data.captions import read_captions, synthetic_captions, synthetic_prompts, synthetic_vocabulary
+from ivn_fast.data.captions import read_captions, synthetic_captions, synthetic_prompts, vocabulary
 from ivn_fast.data.lists import ListError
 from ivn_fast.data.synthetic import COLOURS, LABELS, SHAPES, SyntheticVideos
 from ivn_fast.features import Kept
@@ -46,7 +46,7 @@ def test_caption_files_merge_records_of_one_video_and_name_bad_lines(tmp_path):
 
 def test_synthetic_captions_say_what_the_renderer_drew():
     videos = SyntheticVideos(24, 4, 64, seed=5)
-    tokenizer = word_tokenizer(synthetic_vocabulary(), 32)
+    tokenizer = word_tokenizer(vocabulary(), 32)
     for i in range(24):
         labels, clip = videos.render(i)
         look = videos.look(i)
@@ -131,7 +131,7 @@ def test_lit_learns_to_pair_tokens_with_their_captions():
     captions = [[f"a {COLOURS[c]} {SHAPES[s]}"] for c, s in pairs]
     source = Kept(tokens, torch.arange(len(pairs)))
     torch.manual_seed(0)
-    model = LiT(VideoEmbedding("attentive", 16, 32, 2), TextTower(*builtin_text_model(synthetic_vocabulary(),
+    model = LiT(VideoEmbedding("attentive", 16, 32, 2), TextTower(*builtin_text_model(vocabulary(),
                                                                                          width=32, depth=1), 32))
     before = retrieval(model, source, captions, 16, torch.device("cpu"))[0]
     fit(model, with_captions(source.epochs(16, seed=0), captions, model.text, 0), source.steps(16),
@@ -235,3 +235,9 @@ def test_contrastive_loss_over_unequal_shares_of_two_processes_is_the_whole_batc
     torch.testing.assert_close((parts[0]["loss"] + parts[1]["loss"]) / 2, whole.detach())
     torch.testing.assert_close(torch.cat([p["video"] for p in parts]) / 2, v.grad)
     torch.testing.assert_close(torch.cat([p["text"] for p in parts]) / 2, t.grad)
+
+
+def test_built_in_words_cover_the_runs_own_captions():
+    words = vocabulary(["A zebra grazes, slowly.", "north-east"])
+    assert {"zebra", "grazes", "slowly", ",", ".", "north", "-", "east", "star"} <= set(words)
+    assert words == sorted(set(words)) and vocabulary() == [w for w in words if w in vocabulary()]

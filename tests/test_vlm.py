@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 
 from ivn_fast.data.captions import (ASKED, SYNTHETIC_TEMPLATES, Question, read_questions, synthetic_question,
-                                    synthetic_vocabulary)
+                                    vocabulary)
 from ivn_fast.data.lists import ListError
 from ivn_fast.data.synthetic import COLOURS, SHAPES, SyntheticVideos
 from ivn_fast.features import Kept
@@ -97,7 +97,7 @@ def test_the_connector_learns_to_make_the_language_model_describe_the_tokens():
         tokens[i, 0, 1:, c] += 3.0
         tokens[i, 0, 1:, 8 + s] += 3.0
     captions = [[f"a {COLOURS[c]} {SHAPES[s]}"] for c, s in pairs]
-    tokenizer, lm = builtin_causal_lm(synthetic_vocabulary() + ["describe", "the", "video", "."],  # as --llm builtin
+    tokenizer, lm = builtin_causal_lm(vocabulary() + ["describe", "the", "video", "."],  # as --llm builtin
                                       [f"{c[0]} describe the video . {c[0]}" for c in captions], steps=150, seed=0,
                                       width=64)
     tokenizer.padding_side = "right"

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,10 +88,11 @@ def synthetic_prompts(label: str) -> list[str]:
             for values in itertools.product(*(_WORDS[k] for k in others))]
 
 
-def synthetic_vocabulary() -> list[str]:
-    """Every word a synthetic caption or prompt can hold (the built-in tokenizer's words)."""
+def vocabulary(texts: Iterable[str] = ()) -> list[str]:
+    """Every word a synthetic caption or prompt can hold, and those of `texts` (a run's captions and
+    prompts): the words of the built-in text models."""
     fixed = (literal for t in SYNTHETIC_TEMPLATES for literal, *_ in string.Formatter().parse(t))
-    text = " ".join((*fixed, *(w for words in _WORDS.values() for w in words)))
+    text = " ".join((*fixed, *(w for words in _WORDS.values() for w in words), *texts))
     return sorted(set(WORDS.findall(text.lower())))
 
 

@@ -1,6 +1,6 @@
 """The text tower of the video-text (LiT) evaluation: a transformers text model with its tokenizer,
 loaded from a local directory (the paper starts from MobileCLIP-B's text encoder), or a small
-built-in one over the synthetic captions' words; then a projection into the joint space."""
+built-in one over the synthetic captions' words and a run's own; then a projection into the joint space."""
 
 from __future__ import annotations
 
