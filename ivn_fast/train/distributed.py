@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import TypeVar
@@ -79,7 +80,10 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group after freeing what still holds it (a DDP wrapper in a reference cycle):
+    destroyed after the group, it can abort the process at exit."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
