@@ -76,6 +76,19 @@ RECALLS = (1, 5, 10)
 
 
 @dataclasses.dataclass(frozen=True)
+class ZeroShot:
+    """The zero-shot task, its class names and its prompts."""
+
+    task: Task
+    names: list[str]
+    prompts: list[str]
+
+    def texts(self) -> list[str]:
+        """Every prompt of every class, class by class."""
+        return [p.format(n) for n in self.names for p in self.prompts]
+
+
+@dataclasses.dataclass(frozen=True)
 class Captioned:
     """A split of captioned clips: the task (its items' task.label key holds the clip's caption row) and
     every row's captions."""
@@ -138,8 +151,7 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
     keeps its value and takes W times its gradient, so that DDP's mean over the W processes is the
     whole batch's gradient. The temperature's gradient comes from the first process alone (zero on the
     others), so the mean counts it once."""
-    all_video, _ = gather_keeping_grad(video)
-    all_text, _ = gather_keeping_grad(text)
+    all_video, all_text = gather_keeping_grad(torch.cat([video, text], -1)).split(video.shape[-1], -1)
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world > 1:
         first = float(dist.get_rank() == 0)
@@ -221,11 +233,11 @@ def retrieval(model: LiT, source: Source, captions: list[list[str]], batch: int,
     return {**metrics, "videos": len(kept), "captions": len(texts)}, video, kept
 
 
-def zero_shot(model: LiT, source: Source, names: Sequence[str], prompts: Sequence[str], batch: int,
-              device: torch.device) -> dict:
+def zero_shot(model: LiT, source: Source, zero: ZeroShot, batch: int, device: torch.device) -> dict:
     """Top-1 / top-5 of the nearest class text (each class's prompts averaged), views' softmax averaged."""
-    per_class = embed_texts(model.text, [p.format(n) for n in names for p in prompts], batch, device)
-    classes = F.normalize(per_class.view(len(names), len(prompts), -1).mean(1), dim=-1)
+    names = zero.names
+    per_class = embed_texts(model.text, zero.texts(), batch, device)
+    classes = F.normalize(per_class.view(len(names), len(zero.prompts), -1).mean(1), dim=-1)
     views, labels = embed_videos(model.video, source, device)
     probs = (model.scale.detach().cpu() * views @ classes.T).softmax(-1).mean(1)
     return {"top1": topk_accuracy(probs, labels, 1), "top5": topk_accuracy(probs, labels, 5), "classes": len(names)}
@@ -304,18 +316,16 @@ def text_tower(args: argparse.Namespace, dim: int, texts: Iterable[str]) -> Text
 
 
 def train_lit(args: argparse.Namespace, encoder: VideoEncoder, splits: dict[str, Captioned],
-              zero: Task | None, device: torch.device, world: World) -> dict:
+              zero: ZeroShot | None, device: torch.device, world: World) -> dict:
     """Train the video head and text tower on the training pairs; validation retrieval after each epoch,
     zero-shot classification at the end; with --plot, the curves and the retrieval picture."""
-    tasks = {split: c.task for split, c in splits.items()} | ({"zero-shot": zero} if zero else {})
+    tasks = {split: c.task for split, c in splits.items()} | ({"zero-shot": zero.task} if zero else {})
     source, mode, _ = sources(args, encoder, tasks, device, world, pool=args.head == "linear")
     dim = args.embed_dim or encoder.cfg.embed_dim
     torch.manual_seed(args.seed)
     video = VideoEmbedding(args.head, encoder.cfg.embed_dim, dim, args.heads or encoder.cfg.num_heads)
     texts = [c for split in splits.values() for captions in split.captions for c in captions]
-    if zero is not None:
-        texts += [p.format(n) for n in class_names(args, zero) for p in prompts(args, zero)]
-    model = LiT(video, text_tower(args, dim, texts)).to(device)
+    model = LiT(video, text_tower(args, dim, texts + (zero.texts() if zero else []))).to(device)
     train = source["train"]
     batches = with_captions(train.epochs(args.batch, args.seed), splits["train"].captions, model.text, args.seed)
     val = splits["val"].captions
@@ -325,16 +335,21 @@ def train_lit(args: argparse.Namespace, encoder: VideoEncoder, splits: dict[str,
             video, text, scale = m(tokens, ids, mask)
         return contrastive_loss(video.float(), text.float(), scale)
 
+    ranks = []  # each epoch's retrieval: the last one is the result
+
+    def validate(_: nn.Module) -> float:
+        ranks.append(retrieval(model, source["val"], val, args.batch, device))
+        return ranks[-1][0]["mean_r1"]
+
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
-    curve, losses = fit(data_parallel(model, world), batches, train.steps(args.batch), loss,
-                        lambda _: retrieval(model, source["val"], val, args.batch, device)[0]["mean_r1"],
+    curve, losses = fit(data_parallel(model, world), batches, train.steps(args.batch), loss, validate,
                         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, device=device, optimizer=opt)
-    ranked, video_emb, rows = retrieval(model, source["val"], val, args.batch, device)
+    ranked, video_emb, rows = ranks[-1]
     record = {"curve": curve, "train_loss": mean_over_ranks(torch.tensor(losses, device=device)).tolist(),
               "retrieval": ranked, "features": mode, "temperature": 1 / model.scale.item()}
     if zero is not None:
-        record["zero_shot"] = {"task": zero.label, **zero_shot(model, source["zero-shot"], class_names(args, zero),
-                                                               prompts(args, zero), args.batch, device)}
+        record["zero_shot"] = {"task": zero.task.label, **zero_shot(model, source["zero-shot"], zero, args.batch,
+                                                                    device)}
     if args.plot and world.is_main:
         save_curves({"validation mean R@1": {"text and video": curve},
                      "training loss": {"contrastive": record["train_loss"]}}, args.plot,
@@ -389,12 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         frames, size = clip_shape(args, encoder)
         splits = {split: caption_task(spec, split, args, frames, size)
                   for split, spec in (("train", args.train_list), ("val", args.val_list))}
-        zero = load_task(args.zero_shot_list, "zero-shot", args, frames, size) if args.zero_shot_list else None
-        if zero is not None:
-            if zero.num_classes == 0:
+        zero = None
+        if args.zero_shot_list:
+            task = load_task(args.zero_shot_list, "zero-shot", args, frames, size)
+            if task.num_classes == 0:
                 raise ValueError(f"--zero-shot-list {args.zero_shot_list}: not a classification task")
-            class_names(args, zero)  # checked before the encoder runs
-            prompts(args, zero)
+            zero = ZeroShot(task, class_names(args, task), prompts(args, task))
     except (ValueError, FileNotFoundError) as e:
         print(f"ivn_fast.lit: error: {e}", file=sys.stderr)
         return 2
@@ -406,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     if not world.is_main:
         return 0
     record.update({"frames": frames, "size": size, "data": {s: c.task.spec for s, c in splits.items()} |
-                   ({"zero-shot": zero.spec} if zero else {})})
+                   ({"zero-shot": zero.task.spec} if zero else {})})
     report(args, record, summarise(args, record), start)
     return 0
 

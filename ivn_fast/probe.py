@@ -253,16 +253,21 @@ def train_probe(train: Source, val: Source, *, head: str, num_classes: int, num_
         running[1] += len(y)
         return F.cross_entropy(logits, y)
 
-    curve, losses = fit(data_parallel(probe, train.world), batches, train.steps(batch), loss,
-                        lambda p: evaluate(probe, val, device)["top1"], epochs=epochs, lr=lr,
-                        weight_decay=weight_decay, device=device)
+    scores = []  # each epoch's validation: the last one is the result
+
+    def validate(_: torch.nn.Module) -> float:
+        scores.append(evaluate(probe, val, device))
+        return scores[-1]["top1"]
+
+    curve, losses = fit(data_parallel(probe, train.world), batches, train.steps(batch), loss, validate, epochs=epochs,
+                        lr=lr, weight_decay=weight_decay, device=device)
     losses = mean_over_ranks(torch.tensor(losses, device=device)).tolist()
     if isinstance(train, Streamed):
         right, seen = sum_over_ranks([int(v) for v in running.tolist()])
         train_top1 = right / max(seen, 1)
     else:
         train_top1 = evaluate(probe, train, device)["top1"]
-    return {"curve": curve, "train_loss": losses, **evaluate(probe, val, device), "train_top1": train_top1}
+    return {"curve": curve, "train_loss": losses, **scores[-1], "train_top1": train_top1}
 
 
 def add_input_options(parser: argparse.ArgumentParser, lists: str) -> None:

@@ -180,28 +180,33 @@ def caption_loss(model: VideoLLM, source: Source, captions: list[list[str]], tok
 
 
 @torch.no_grad()
-def answer(model: VideoLLM, source: Source, questions: list[Question], tokenizer, device: torch.device,
-           blind: bool = False) -> dict:
+def answer(model: VideoLLM, source: Source, questions: list[Question], tokenizer, device: torch.device) -> dict:
     """Multiple-choice accuracy: each option scored by its mean log-probability per token after the clip
-    (none when `blind`) and the prompt; per asked word too where the items say (synthetic ones)."""
+    and the prompt; per asked word too where the items say (synthetic ones); and, from the same pass,
+    the accuracy without the clip (`blind_accuracy`)."""
     model.eval()
     kinds = ("", *ASKED)
-    right, seen = [0] * len(kinds), [0] * len(kinds)
+    right, seen, blind = [0] * len(kinds), [0] * len(kinds), 0
     for tokens, rows in source.batches():
         items = [questions[r] for r in rows.tolist()]
         repeats = torch.tensor([len(q.options) for q in items])
-        batch = text_batch(tokenizer, [q.prompt for q in items for _ in q.options],
-                           [o for q in items for o in q.options])
-        visual = None if blind else tokens[:, 0].repeat_interleave(repeats, 0).to(device)
-        logp, n = model(visual, *(t.to(device) for t in batch))
-        scores = (logp / n.clamp(min=1)).cpu().split(repeats.tolist())
-        for q, s in zip(items, scores):
+        batch = [t.to(device) for t in text_batch(tokenizer, [q.prompt for q in items for _ in q.options],
+                                                  [o for q in items for o in q.options])]
+
+        def picks(visual: torch.Tensor | None) -> list[int]:
+            logp, n = model(visual, *batch)
+            return [int(s.argmax()) for s in (logp / n.clamp(min=1)).cpu().split(repeats.tolist())]
+
+        seeing = picks(tokens[:, 0].repeat_interleave(repeats, 0).to(device))
+        for q, pick, guess in zip(items, seeing, picks(None)):
+            blind += int(guess == q.answer)
             for i in {0, kinds.index(q.kind)}:  # every item, and its word's own count
-                right[i] += int(int(s.argmax()) == q.answer)
+                right[i] += int(pick == q.answer)
                 seen[i] += 1
-    totals = sum_over_ranks(right + seen)
-    right, seen = totals[:len(kinds)], totals[len(kinds):]
-    return {"accuracy": right[0] / max(seen[0], 1), "questions": seen[0]} | {
+    totals = sum_over_ranks(right + seen + [blind])
+    right, seen = totals[:len(kinds)], totals[len(kinds):2 * len(kinds)]
+    return {"accuracy": right[0] / max(seen[0], 1), "questions": seen[0],
+            "blind_accuracy": totals[-1] / max(seen[0], 1)} | {
         f"accuracy_{k}": right[i] / seen[i] for i, k in enumerate(kinds) if k and seen[i]}
 
 
@@ -301,8 +306,6 @@ def train_vlm(args: argparse.Namespace, encoder: VideoEncoder, splits: dict[str,
               "visual_tokens": grid[0] * side * side}
     if mcq is not None:
         record["mcq"] = answer(model, source["mcq"], mcq.questions, tokenizer, device)
-        record["mcq"]["blind_accuracy"] = answer(model, source["mcq"], mcq.questions, tokenizer, device,
-                                                 blind=True)["accuracy"]
     if args.plot and world.is_main:
         save_curves({"validation caption loss": {"per token": curve}, "training loss": {"per token": losses}},
                     args.plot, f"video-LLM connector, {'random encoder' if args.random_init else args.checkpoint}")

@@ -96,12 +96,12 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
-def gather_keeping_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def gather_keeping_grad(x: torch.Tensor) -> torch.Tensor:
     """Rows of every process in rank order (their counts may differ), where only this process's own rows
-    carry their gradient; and where they start. A loss over the whole batch then gives each process
-    the exact gradient of its own rows, with no collective in the backward pass."""
+    carry their gradient. A loss over the whole batch then gives each process the exact gradient of its
+    own rows, with no collective in the backward pass."""
     if not dist.is_initialized():
-        return x, 0
+        return x
     count = torch.tensor([len(x)], device=x.device)
     counts = [torch.empty_like(count) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, count)
@@ -111,6 +111,5 @@ def gather_keeping_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     rows = [p[:n] for p, n in zip(parts, sizes)]
-    rank = dist.get_rank()
-    rows[rank] = x
-    return torch.cat(rows), sum(sizes[:rank])
+    rows[dist.get_rank()] = x
+    return torch.cat(rows)
