@@ -149,6 +149,7 @@ def test_cli_runs_synthetic_lit_with_zero_shot_and_pictures(tiny_checkpoint, tmp
                               "--plot", str(tmp_path / "c.png")]) == 0
     record = json.loads(out.read_text())
     assert len(record["curve"]) == 2 and record["retrieval"]["videos"] == 8 and record["retrieval"]["captions"] == 8
+    assert record["curve"][-1] == record["retrieval"]["mean_r1"]  # the result is the last epoch's ranking
     assert record["zero_shot"]["task"] == "direction" and record["zero_shot"]["classes"] == 8
     assert record["data"]["zero-shot"]["seed"] != record["data"]["val"]["seed"]
     assert 0.0 < record["temperature"] and record["features"] == "memory"

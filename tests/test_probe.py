@@ -107,6 +107,7 @@ def test_cli_probes_a_checkpoint_and_its_random_twin(tiny_checkpoint, tmp_path, 
     assert probe_main(common + ["--json", str(tmp_path / "probe.json"), "--plot", str(tmp_path / "c.png")]) == 0
     record = json.loads((tmp_path / "probe.json").read_text())
     assert record["task"] == "direction" and 0.0 <= record["top1"] <= 1.0 and len(record["curve"]) == 2
+    assert record["curve"][-1] == record["top1"]  # the result is the trained probe's last validation
     picture = Image.open(tmp_path / "c.png")
     assert picture.size == (984, 376)  # two panels
     assert (66, 114, 196) in {colour for _, colour in picture.getcolors(1 << 16)}  # the curves are drawn
