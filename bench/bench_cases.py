@@ -43,8 +43,8 @@ class Case:
 
 
 @contextlib.contextmanager
-def token_tiling(choose: Callable[[int], kt.Tiling]) -> Iterator[None]:
-    """Run the token ops with `choose(C)` in place of the shipped `ivn_kernels.tokens._tiling`."""
+def token_tiling(choose: Callable[[int, str], kt.Tiling]) -> Iterator[None]:
+    """Run the token ops with `choose(C, kernel)` in place of the shipped `ivn_kernels.tokens._tiling`."""
     shipped = kt._tiling
     kt._tiling = choose
     try:

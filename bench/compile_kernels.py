@@ -131,7 +131,7 @@ def programs_per_sm(registers: int, warps: int) -> int:
 def compile_all(arch: int) -> list[dict]:
     launches = []
     cut = kt.Tiling(rows=4, block_c=256, warps=4, prefetch=True)
-    for choose in (kt._tiling, lambda width: cut):
+    for choose in (kt._tiling, lambda width, kernel: cut):
         for dtype in (torch.float32, torch.bfloat16):
             with captured_launches() as found, token_tiling(choose):
                 run_ops(dtype)

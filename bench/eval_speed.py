@@ -1,10 +1,11 @@
 """Evaluation throughput at the paper's evaluation clips (16 frames of 224 px), random weights:
 the frozen encoder as the probes run it (float32, and bf16 autocast: `--precision`), and one
 fine-tuning step (encoder and linear head under bf16 autocast, forward, backward and AdamW with
-layer-wise decay). Clips/s, TFLOP/s and MFU against the measured matrix rate, peak memory; the
+layer-wise decay; `--finetune-batch` clips, fewer than the encodings' since it keeps every
+activation for the backward pass). Clips/s, TFLOP/s and MFU against the measured matrix rate, peak memory; the
 float32 and bf16 encodings side by side from one run.
 
-    python -m bench.eval_speed [--models vit-b,vit-l] [--batch 16] [--steps 10] [--json OUT]
+    python -m bench.eval_speed [--models vit-b,vit-l] [--batch 16] [--finetune-batch 8] [--steps 10] [--json OUT]
     python -m bench.eval_speed --cpu-smoke      # a tiny encoder on CPU: checks the tool runs
 """
 
@@ -54,8 +55,8 @@ def timed(run: Callable[[], None], device: torch.device, steps: int, warmup: int
     return out
 
 
-def measure(name: str, cfg: EncoderConfig, grid: tuple[int, int, int], batch: int, steps: int, warmup: int,
-            device: torch.device, peak: float) -> list[dict]:
+def measure(name: str, cfg: EncoderConfig, grid: tuple[int, int, int], batch: int, finetune_batch: int,
+            steps: int, warmup: int, device: torch.device, peak: float) -> list[dict]:
     encoder = VideoEncoder(cfg, grid).to(device)
     video = torch.randn(batch, 3, grid[0], grid[1] * cfg.patch_size, grid[2] * cfg.patch_size, device=device)
     rows = []
@@ -63,12 +64,13 @@ def measure(name: str, cfg: EncoderConfig, grid: tuple[int, int, int], batch: in
     for label, amp in (("encode fp32", None), ("encode bf16", torch.bfloat16)):
         with torch.no_grad():
             r = timed(lambda amp=amp: view_tokens(encoder, video, device, amp=amp), device, steps, warmup)
-        rows.append({"model": name, "path": label, **r})
+        rows.append({"model": name, "path": label, "batch": batch, **r})
+    video = video[:finetune_batch]
     model = Classifier(encoder, build_probe("linear", cfg.embed_dim, NUM_CLASSES, cfg.num_heads)).to(device)
     model.train()
     opt = torch.optim.AdamW(layer_decay_groups(model, 0.05, 0.75, cfg.depth, layer_of(cfg.depth)), lr=1e-4,
                             fused=device.type == "cuda")
-    labels = torch.randint(NUM_CLASSES, (batch,), device=device)
+    labels = torch.randint(NUM_CLASSES, (len(video),), device=device)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -77,18 +79,18 @@ def measure(name: str, cfg: EncoderConfig, grid: tuple[int, int, int], batch: in
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    rows.append({"model": name, "path": "fine-tune step bf16", **timed(step, device, steps, warmup)})
+    rows.append({"model": name, "path": "fine-tune step bf16", "batch": len(video),
+                 **timed(step, device, steps, warmup)})
     for r in rows:
-        r.update(batch=batch, clips_per_s=batch / r["s"], tflops=r["flops"] / r["s"] / 1e12,
-                 mfu=r["flops"] / r["s"] / peak)
+        r.update(clips_per_s=r["batch"] / r["s"], tflops=r["flops"] / r["s"] / 1e12, mfu=r["flops"] / r["s"] / peak)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'model':<8}{'path':<22}{'ms':>9}{'clips/s':>10}{'TFLOP/s':>9}{'MFU':>7}{'peak GB':>9}"]
+    lines = [f"{'model':<8}{'path':<22}{'batch':>6}{'ms':>9}{'clips/s':>10}{'TFLOP/s':>9}{'MFU':>7}{'peak GB':>9}"]
     for r in rows:
         mem = f"{r['peak_mem_gb']:>9.1f}" if "peak_mem_gb" in r else f"{'-':>9}"
-        lines.append(f"{r['model']:<8}{r['path']:<22}{1e3 * r['s']:>9.1f}{r['clips_per_s']:>10.1f}"
+        lines.append(f"{r['model']:<8}{r['path']:<22}{r['batch']:>6}{1e3 * r['s']:>9.1f}{r['clips_per_s']:>10.1f}"
                      f"{r['tflops']:>9.1f}{100 * r['mfu']:>6.1f}%{mem}")
     return "\n".join(lines)
 
@@ -99,16 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="vit-b,vit-l", help="presets whose encoder is timed")
     parser.add_argument("--frames", type=int, default=16, help="frames per clip")
     parser.add_argument("--size", type=int, default=224, help="clip side in pixels")
-    parser.add_argument("--batch", type=int, default=16, help="clips per call")
+    parser.add_argument("--batch", type=int, default=16, help="clips per encoding call")
+    parser.add_argument("--finetune-batch", type=int, default=8,
+                        help="clips per fine-tuning step (at most --batch; 16 ViT-L clips of 16 frames overflow 80 GB)")
     parser.add_argument("--steps", type=int, default=10, help="timed calls per path")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first")
     parser.add_argument("--json", type=Path, help="write the rows, the device and the versions here")
     parser.add_argument("--cpu-smoke", action="store_true", help="a tiny encoder on CPU, to check the tool")
     args = parser.parse_args(argv)
+    if not 0 < args.finetune_batch <= args.batch:
+        parser.error(f"--finetune-batch must be in 1..--batch ({args.batch}), got {args.finetune_batch}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
     if args.cpu_smoke:
         models = {"tiny": EncoderConfig(embed_dim=64, depth=2, num_heads=2)}
-        args.frames, args.size, args.batch, args.steps, args.warmup = 2, 28, 2, 2, 1
+        args.frames, args.size, args.batch, args.finetune_batch, args.steps, args.warmup = 2, 28, 2, 2, 2, 1
     else:
         models = {name: build_config(name).model.encoder for name in args.models.split(",")}
     peak = matmul_peak(device)
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model, cfg in models.items():
         side = args.size // cfg.patch_size
-        rows += measure(model, cfg, (args.frames, side, side), args.batch, args.steps, args.warmup, device, peak)
+        rows += measure(model, cfg, (args.frames, side, side), args.batch, args.finetune_batch, args.steps,
+                        args.warmup, device, peak)
         gc.collect()  # the model of this row is gone: its memory goes back before the next one
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -5,9 +5,9 @@ against the shipped tiling.
     python -m bench.tune_tokens [--rows 2,4,8] [--warps 4,8] [--block-c 0,256] [--prefetch 0,1] [--json OUT]
     python -m bench.tune_tokens --cpu-smoke      # tiny sizes through the Triton interpreter
 
-The shipped tiling is `ivn_kernels.tokens._tiling` (the whole padded row, about 4K elements a
-tile, no prefetch). This tool swaps in each candidate in turn, the shipped one always among them,
-so a better one found here is a one-line change there. A column block of 0 means the whole row;
+The shipped tiling is `ivn_kernels.tokens._tiling`, chosen per kernel; it is timed first, as
+"shipped". Each candidate then runs every kernel of an op, so the backward pass's best is its
+fwd_bwd time less the fwd time of the same candidate. A column block of 0 means the whole row;
 256 cuts C = 768 into three unpadded blocks. Prefetch only changes the kernels that walk the batch
 (the backward passes). Outputs and gradients of every tiling must match the shipped one's
 (norm-relative 1e-5 in fp32, 1e-2 in bf16: only the order of the mask-token gradient's partial
@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from bench.gpu_check import ceilings, median_ms  # first: it picks the interpreter for --cpu-smoke
 
@@ -38,6 +39,11 @@ Candidate = tuple[int, int, int, bool]
 def resolve(candidate: Candidate, c: int) -> kt.Tiling:
     rows, warps, block_c, prefetch = candidate
     return kt.Tiling(rows, block_c or next_power_of_2(c), warps, prefetch)
+
+
+def uniform(candidate: Candidate) -> Callable[[int, str], kt.Tiling]:
+    """Every kernel of the token ops on the candidate's tiling."""
+    return lambda c, kernel: resolve(candidate, c)
 
 
 def label(candidate: Candidate) -> str:
@@ -69,22 +75,25 @@ def sweep(device: str, scale: int, tried: list[Candidate]) -> list[dict]:
             with ivn_kernels.using("triton"):
                 seed = torch.randn_like(case.fn(*case.inputs))
             shipped = outputs(case, seed)
-            default = kt._tiling(c)
-            own = (default.rows, default.warps, 0 if default.block_c == next_power_of_2(c) else default.block_c,
-                   default.prefetch)
-            for candidate in dict.fromkeys([own, *tried]):
-                t = resolve(candidate, c)
-                if t.rows * t.block_c < 32 * t.warps:  # threads left without an element
-                    continue
-                row = {"op": case.name, "dtype": str(dtype).split(".")[-1], "tiling": label(candidate),
-                       "shipped": candidate == own}
-                with token_tiling(lambda width: resolve(candidate, width)):
+            for candidate in [None, *tried]:  # None: the shipped per-kernel tiling
+                if candidate is None:
+                    choose, name, passes = kt._tiling, "shipped", (False, True)
+                else:
+                    t = resolve(candidate, c)
+                    if t.rows * t.block_c < 32 * t.warps:  # threads left without an element
+                        continue
+                    choose = uniform(candidate)
+                    # forwards never prefetch: a prefetching candidate's forward is its twin's
+                    name, passes = label(candidate), (True,) if t.prefetch else (False, True)
+                row = {"op": case.name, "dtype": str(dtype).split(".")[-1], "tiling": name,
+                       "shipped": candidate is None}
+                with token_tiling(choose):
                     err = max_rel_error(outputs(case, seed), shipped)
                     if err > tol:  # a wrong tiling is reported, never timed
-                        print(f"MISMATCH {case.name} {dtype} {label(candidate)}: rel error {err:.2e}")
+                        print(f"MISMATCH {case.name} {dtype} {name}: rel error {err:.2e}")
                         results.append({**row, "rel_error": err, "error": "outputs differ"})
                         continue
-                    for backward in (True,) if t.prefetch else (False, True):  # forwards never prefetch
+                    for backward in passes:
                         moved = case.bytes_fwd + (case.bytes_bwd if backward else 0)
                         ms = median_ms(runner(case, "triton", backward), device, graph=True)
                         results.append({**row, "pass": "fwd_bwd" if backward else "fwd", "ms": ms,

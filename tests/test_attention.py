@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,27 @@ def test_a_broken_library_reads_as_broken_not_missing(tmp_path, monkeypatch):
     assert A._unavailable == {"xformers": "broken_attn_lib failed to import (RuntimeError: built for another CUDA)"}
     assert A._load("flash_attn", "no_such_attn_lib.sub", "f") is None
     assert "flash_attn" not in A._unavailable  # not installed is not an error
+
+
+def test_xformers_built_for_another_torch_is_left_out_with_the_reason(monkeypatch):
+    """Such a wheel imports (with a warning) and then has no kernel for any call."""
+    class Failed(Exception):
+        def __str__(self) -> str:
+            return ("xFormers can't load C++/CUDA extensions. xFormers was built for:\n    PyTorch 2.10.0+cu128 "
+                    "(you have 2.11.0+cu130)\n  Please reinstall xformers\n  Memory-efficient attention ...")
+
+    ops, lib = types.ModuleType("xformers.ops"), types.ModuleType("xformers._cpp_lib")
+    ops.memory_efficient_attention = lambda *a, **k: None
+    lib._cpp_library_load_exception = None
+    monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    monkeypatch.setitem(sys.modules, "xformers._cpp_lib", lib)
+    monkeypatch.setattr(A, "_unavailable", {})
+    assert A._xformers_backend().name == "xformers"
+    lib._cpp_library_load_exception = Failed()
+    assert A._xformers_backend() is None
+    assert A._unavailable == {"xformers": "xformers' C++/CUDA kernels did not load (xFormers was built for: "
+                                          "PyTorch 2.10.0+cu128 (you have 2.11.0+cu130))"}
 
 
 def test_a_table_with_an_out_of_memory_row_is_not_cached(tmp_path):

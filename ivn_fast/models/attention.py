@@ -239,6 +239,13 @@ def _flash_backend() -> Backend | None:
 def _xformers_backend() -> Backend | None:
     if _load("xformers", "xformers.ops", "memory_efficient_attention") is None:
         return None
+    # a wheel built for another PyTorch imports, warns, and then finds no kernel for any call
+    failed = getattr(importlib.import_module("xformers._cpp_lib"), "_cpp_library_load_exception", None)
+    if failed is not None:
+        why = " ".join(str(failed).split("Please reinstall")[0].split())
+        _unavailable.setdefault("xformers", "xformers' C++/CUDA kernels did not load ("
+                                + why.removeprefix("xFormers can't load C++/CUDA extensions. ") + ")")
+        return None
     # half precision only: float32 reaches only xformers' cutlass kernel, which has no local window
     # and stops at sm_90
     return Backend("xformers", "xformers memory_efficient_attention", _xformers)

@@ -4,8 +4,9 @@ mask tokens (+ position table).
 `gather_tokens` and `merge_tokens` are what the models call; each runs the fused Triton op or
 the PyTorch reference as `ivn_kernels.use_triton` says.
 
-Kernels: one program per block of rows (by default the whole channel dimension in one masked,
-vectorised row load; `Tiling` can cut it into column blocks), fp32 arithmetic. Index rows must be
+Kernels: one program per tile of rows x channels (`_tiling`: 256-channel blocks where one clip's
+rows are copied, the whole padded row where a kernel walks the batch), masked vectorised loads,
+fp32 arithmetic. Index rows must be
 unique within a clip (true of every mask), which lets both backward passes scatter through an
 inverse index map with plain stores: no atomics, deterministic. One kernel builds that map (the
 merge forward keeps it for its backward). The position-table gradient sums over the batch inside
@@ -205,11 +206,22 @@ class Tiling(NamedTuple):
     prefetch: bool = False
 
 
-def _tiling(c: int) -> Tiling:
-    """The whole (padded) row in one tile, about 4K elements a program."""
-    block_c = next_power_of_2(c)
-    rows = row_block(c)
-    return Tiling(rows, block_c, num_warps(rows * block_c))
+def _tiling(c: int, kernel: str) -> Tiling:
+    """Per kernel, as swept on an H100 (bench.tune_tokens; bench/results/tune-tokens-h100.json):
+    `copy` (one clip's rows moved: both forwards, a gather backward without position rows) takes
+    256-column blocks of 4 rows; the batch-walking backwards take whole padded rows of about 4K
+    elements, `spread_sum` (the gather backward with the position-table sum) with 8 warps and two
+    clips in flight, `merge_backward` with 4 warps."""
+    if kernel == "copy":
+        block_c = min(256, next_power_of_2(c))
+        rows = row_block(block_c, target=1024)
+        return Tiling(rows, block_c, num_warps(rows * block_c))
+    block_c, rows = next_power_of_2(c), row_block(c)
+    if kernel == "spread_sum":
+        return Tiling(rows, block_c, num_warps(rows * block_c), prefetch=True)
+    if kernel == "merge_backward":
+        return Tiling(rows, block_c, 4)
+    raise ValueError(f"no tiling for kernel {kernel!r}")
 
 
 def _inverse_index(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -227,7 +239,7 @@ def _spread(src: torch.Tensor, inv: torch.Tensor, fill: torch.Tensor | None, pos
     src = _rows_last_contiguous(src)
     out = _triton.empty((b, n, c), src.dtype, src.device)
     total = _triton.empty((n if want_sum else 0, c), src.dtype, src.device)
-    t = _tiling(c)
+    t = _tiling(c, "spread_sum" if want_sum else "copy")
     grid = (triton.cdiv(n, t.rows), 1 if want_sum else b, triton.cdiv(c, t.block_c))
     pos_arg = pos if pos is not None else src
     _spread_kernel[grid](
@@ -251,7 +263,7 @@ def _gather_op(x: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None) -> 
     if pos is not None:
         pos = _rows_last_contiguous(pos)
     pos_arg = pos if pos is not None else x
-    t = _tiling(c)
+    t = _tiling(c, "copy")
     _gather_kernel[(triton.cdiv(k, t.rows), b, triton.cdiv(c, t.block_c))](
         x, idx, pos_arg, out, k, c, x.stride(0), x.stride(1), idx.stride(0), idx.stride(1), pos_arg.stride(0),
         HAS_POS=pos is not None, BLOCK_R=t.rows, BLOCK_C=t.block_c, num_warps=t.warps,
@@ -316,7 +328,7 @@ def _merge_backward_op(grad: torch.Tensor, inv: torch.Tensor,
     """(grad_vis [B, K, C], grad_mask_token [C], grad_pos [N, C]) from one pass over grad."""
     b, n, c = grad.shape
     grad = _rows_last_contiguous(grad)
-    t = _tiling(c)
+    t = _tiling(c, "merge_backward")
     blocks = triton.cdiv(n, t.rows)
     grad_vis = _triton.empty((b, k, c), grad.dtype, grad.device)
     grad_pos = _triton.empty((n, c), grad.dtype, grad.device)
