@@ -20,6 +20,8 @@ layer-wise learning-rate decay 0.75 (12 blocks or fewer) or 0.85 (deeper), label
 drop-path 0.1 (ours: the paper's table leaves it out), CutMix 1.0, RandAugment (2 operations, magnitude 9, std 0.5) on top of the
 multi-scale crop, and repeated augmentation 2 (each clip twice per epoch, cropped and augmented
 differently, the epoch kept at one pass's length). Every value can be overridden.
+`--activation-checkpointing` and `--compile` trade memory and start-up time for batch size and
+speed, as in pretraining; neither changes what is computed.
 
 Each epoch ends with the multi-view validation (top-1 / top-5 of the softmax averaged over
 segments x crops views) and a checkpoint in OUTPUT_DIR/checkpoints (written atomically; the two
@@ -63,6 +65,7 @@ from ivn_fast.train.checkpoint import save_file_atomic
 from ivn_fast.train.distributed import World, barrier, mean_over_ranks, shutdown
 from ivn_fast.train.metrics import setup_logging
 from ivn_fast.train.optim import LRSchedule, layer_decay_groups
+from ivn_fast.train.parallelize import checkpoint_blocks, compile_blocks
 from ivn_fast.viz import save_curves
 
 log = logging.getLogger("ivn_fast")
@@ -176,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=4, help="DataLoader processes per GPU that decode clips")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head, the data order and the augmentation")
     add_device_options(parser, "the whole model's forward and backward; the loss in float32")
+    parser.add_argument("--activation-checkpointing", default="none", choices=("none", "op", "selective", "full"),
+                        help="recompute encoder activations in the backward pass to fit larger batches: every "
+                             "block (full), every other block (selective), or every block keeping its matrix "
+                             "products and attention outputs (op). 16 ViT-L clips of 16 frames need it on 80 GB")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each encoder block in place (one "
+                                                              "graph for all); the first steps take longer")
     parser.add_argument("--log-every", type=int, default=50, help="a log line every N steps")
     parser.add_argument("--plot", action="store_true", help="draw OUTPUT_DIR/curves.png: validation top-1 and "
                                                             "training loss per epoch")
@@ -241,6 +250,11 @@ def train(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
         head.head.weight.mul_(0.001)
         head.head.bias.zero_()
     encoder.set_drop_path(args.drop_path)
+    if args.activation_checkpointing != "none":
+        log.info("activation checkpointing (%s) on %d encoder blocks", args.activation_checkpointing,
+                 checkpoint_blocks(encoder, args.activation_checkpointing))
+    if args.compile:
+        log.info("compiled %d encoder blocks", compile_blocks(encoder))
     model = Classifier(encoder, head).to(device)
     groups = layer_decay_groups(model, args.weight_decay, args.layer_decay, len(encoder.blocks),
                                 layer_of(len(encoder.blocks)))

@@ -108,6 +108,27 @@ def test_cli_fine_tunes_checkpoints_and_resumes_exactly(tiny_checkpoint, tmp_pat
     assert "tracking and depth are probes" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", ["full", "op"])
+def test_checkpointed_and_compiled_encoder_fine_tunes_as_the_plain_one(tiny_checkpoint, tmp_path, monkeypatch, mode):
+    """Recomputed activations (drop-path draws included) and compiled blocks give the plain run's losses."""
+    import ivn_fast.finetune as ft
+    from ivn_fast.train.parallelize import compile_blocks
+
+    compiled = []
+    monkeypatch.setattr(ft, "compile_blocks", lambda m: compiled.append(compile_blocks(m, backend="aot_eager")) or 2)
+    args = ["--checkpoint", str(tiny_checkpoint), "--train-list", "synthetic:direction:16", "--val-list",
+            "synthetic:direction:8", "--epochs", "1", "--batch", "8", "--workers", "0", "--segments", "1",
+            "--crops", "1", "--lr", "1e-3", "--drop-path", "0.2"]
+    runs = {}
+    for name, extra in (("plain", []), ("fast", ["--activation-checkpointing", mode, "--compile"])):
+        assert finetune_main(args + extra + ["--output-dir", str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / "finetune.json").read_text())
+    assert compiled == [2]  # the tiny encoder's two blocks
+    assert "activation checkpointing" in (tmp_path / "fast" / "train.log").read_text()
+    assert runs["fast"]["train_loss"] == pytest.approx(runs["plain"]["train_loss"], rel=1e-5)
+    assert runs["fast"]["curve"] == runs["plain"]["curve"]
+
+
 def test_two_processes_fine_tune_as_one_does(tiny_checkpoint, tmp_path):
     def run(nproc: int) -> dict:
         out = tmp_path / str(nproc)
