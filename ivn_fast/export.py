@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from ivn_fast.config import EncoderConfig, from_dict
 from ivn_fast.models.convert import convert_released_encoder, read_released, released_encoder_config
 from ivn_fast.models.encoder import VideoEncoder
+from ivn_fast.models.predictor import Predictor
 from ivn_fast.train.checkpoint import load_checkpoint
 from ivn_fast.train.stage1 import token_grid
 
@@ -91,6 +92,29 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, random
     if not random_init:
         encoder.load_state_dict(weights)
     return encoder.to(device).eval()
+
+
+def load_predictor(path: str | Path, device: str | torch.device = "cpu", *, random_init: bool = False,
+                   seed: int = 0) -> Predictor:
+    """The predictor of a training checkpoint of either stage, in eval mode (`random_init`: its shape
+    with weights drawn from `seed`). Exported and released encoders hold none: a ValueError says so."""
+    path = Path(path)
+    if not (path / "state.pt").is_file():
+        raise ValueError(f"{path} is not a training checkpoint (step_XXXXXXXX): only those hold the predictor")
+    state = load_checkpoint(path)
+    weights = {k[len("predictor."):]: v for k, v in state["model"].items() if k.startswith("predictor.")}
+    if not weights:
+        raise ValueError(f"{path} holds no predictor (its run trained no reconstruction)")
+    cfg = from_dict(state["config"])
+    enc, p = cfg.model.encoder, cfg.model.predictor
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        predictor = Predictor(enc_dim=enc.embed_dim, num_cls=enc.num_cls, grid=token_grid(cfg), kind=p.kind,
+                              path=p.path or None, num_layers=p.num_layers, init=False, vit_depth=p.vit_depth,
+                              vit_width=p.vit_width, vit_heads=p.vit_heads)
+    if not random_init:
+        predictor.load_state_dict(weights)
+    return predictor.to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:

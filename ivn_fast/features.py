@@ -163,7 +163,7 @@ class Streamed:
 
     @property
     def width(self) -> int:
-        return self.encoder.cfg.embed_dim
+        return self.encoder.width
 
     def _encoded(self, items: dict) -> tuple[torch.Tensor, ...]:
         tokens = view_tokens(self.encoder, items["video"], self.device, pool=self.pool, amp=self.amp)

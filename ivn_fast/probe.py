@@ -407,7 +407,7 @@ def feature_bytes(encoder: VideoEncoder, tasks: dict[str, Task], frames: int, si
     tokens = 1 if pool else encoder.cfg.num_cls + frames * (size // encoder.cfg.patch_size) ** 2
     views = sum(len(t.data) * (1 if split == "train" else t.spec.get("segments", 1) * t.spec.get("crops", 1))
                 for split, t in tasks.items())
-    return 4 * encoder.cfg.embed_dim * tokens * views
+    return 4 * encoder.width * tokens * views
 
 
 def feature_mode(choice: str, need: int, *, cached: bool = False) -> str:

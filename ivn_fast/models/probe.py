@@ -27,11 +27,36 @@ class AttentiveProbe(nn.Module):
         self.mlp = Mlp(dim, 4 * dim)
         self.head = nn.Linear(dim, num_classes)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def read(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The queries after attending to the tokens and the MLP block: [B, dim] or [B, Q, dim]."""
         queries = self.pool.queries if self.pool.queries.shape[1] > 1 else self.pool.queries[:, 0]
         x = queries.to(tokens.dtype) + self.pool(tokens)
-        x = x + self.mlp(self.norm(x))
-        return self.head(x)
+        return x + self.mlp(self.norm(x))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.read(tokens))
+
+
+class AnticipationProbe(AttentiveProbe):
+    """The action anticipation readout (the paper's EK100 probe): the encoder's context tokens (the first
+    `context` rows, width `dim`) and the predictor's tokens of the future frames (the rest, width
+    `future_dim`, projected to `dim`), each zero-padded to the wider width, are read by three learned
+    queries of one attentive block, each with its own classifier: (verb, noun, action) logits. The
+    inherited `head` is the verb's."""
+
+    def __init__(self, dim: int, future_dim: int, context: int, classes: tuple[int, int, int], num_heads: int):
+        super().__init__(dim, classes[0], num_heads, num_queries=3)
+        self.dim, self.future_dim, self.context = dim, future_dim, context
+        self.future_proj = nn.Linear(future_dim, dim) if future_dim else None
+        self.noun_head = nn.Linear(dim, classes[1])
+        self.action_head = nn.Linear(dim, classes[2])
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = tokens[:, :self.context, :self.dim]
+        if self.future_proj is not None:
+            x = torch.cat([x, self.future_proj(tokens[:, self.context:, :self.future_dim])], 1)
+        verb, noun, action = self.read(x).unbind(1)
+        return self.head(verb), self.noun_head(noun), self.action_head(action)
 
 
 class LinearProbe(nn.Module):
