@@ -133,6 +133,21 @@ def test_cli_on_synthetic_clips(tiny_checkpoint, tmp_path, capsys):
     assert "must be 1 to 3" in capsys.readouterr().err
 
 
+def test_cli_on_an_annotation_csv(tiny_checkpoint, tmp_path):
+    for name in ("P01_01", "P01_02"):
+        write_video(tmp_path / name, frames=40, fps=10)
+    rows = [f"x,P01,P01_0{1 + i % 2},0,00:00:0{1 + i % 3}.50,0,0,0,x,x,{i % 3},y,{i % 2},[],[]\n" for i in range(8)]
+    csv = tmp_path / "train.csv"
+    csv.write_text(HEADER + "".join(rows) + "x,P01,P01_01,0,00:00:00.50,0,0,0,x,x,0,y,0,[],[]\n")
+    out = tmp_path / "a.json"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--train-list", str(csv), "--val-list", str(csv), "--root",
+                 str(tmp_path), "--video-pattern", "{video_id}.mp4", "--epochs", "1", "--batch", "4", "--workers",
+                 "0", "--fps", "2", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["clips"] == {"train": 8, "val": 8}  # the action at 0.5 s has no context
+    assert record["classes"] == {"verb": 3, "noun": 2, "action": 6} and record["unseen_val_actions"] == 0
+
+
 def test_an_encoder_without_its_predictor_is_refused_by_name(tiny_checkpoint, tmp_path, capsys):
     from ivn_fast.export import export_encoder
 
