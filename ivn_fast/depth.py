@@ -1,6 +1,8 @@
-"""The paper's depth probe (ScanNet, KITTI; Table 1's ScanNet column): learnable queries, one per
-output patch, cross-attend to the frozen tokens in one block (the attentive probe's, after
-Scaling 4D's readout) and each decodes its patch's depth; AbsRel and delta < 1.25 are reported.
+"""The paper's depth probes (ScanNet, KITTI; Table 1's ScanNet column, Table 6): learnable queries,
+one per output patch, cross-attend to the frozen tokens in one block (the attentive probe's, after
+Scaling 4D's readout) and each decodes its patch's depth; or Video Depth Anything's temporal DPT
+head (`ivn_fast.models.depth_head`) reads four blocks, trained with its temporal gradient loss as
+well. AbsRel and delta < 1.25 are reported.
 
 Data: `synthetic:depth` (the built-in set, whose renderer knows depth: a backdrop from 3 m at the
 bottom to 5 m at the top, and the shape in front of it at a distance its apparent size gives), and
@@ -18,10 +20,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ivn_fast.data.augment import cut, view_crop
 from ivn_fast.data.health import encode_skips
@@ -29,7 +32,6 @@ from ivn_fast.data.synthetic import Rendered, RenderedClips
 from ivn_fast.data.windows import WindowList, read_images, read_lines
 from ivn_fast.features import Source, Streamed
 from ivn_fast.fit import fit
-from ivn_fast.models.probe import DepthProbe
 from ivn_fast.train.distributed import data_parallel, mean_over_ranks, sum_over_ranks
 
 TARGET_KEYS = ("depth", "valid")
@@ -39,6 +41,14 @@ MIN_DEPTH = 1e-3  # metres: predictions are floored here before the ratios of th
 def depth_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """L1 in metres over the scored pixels."""
     return ((pred - target).abs() * valid).sum() / valid.sum().clamp(min=1)
+
+
+def temporal_gradient_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Video Depth Anything's temporal gradient matching: L1 between the predicted and the true change
+    of depth from each frame to the next [B, T, H, W], over the pixels scored in both frames."""
+    both = valid[:, 1:] & valid[:, :-1]
+    change = (pred[:, 1:] - pred[:, :-1]) - (target[:, 1:] - target[:, :-1])
+    return (change.abs() * both).sum() / both.sum().clamp(min=1)
 
 
 @torch.no_grad()
@@ -79,19 +89,19 @@ def score(probe: torch.nn.Module, source: Source, device: torch.device,
     return out
 
 
-def train_depth(train: Source, val: Source, *, grid: tuple[int, int, int], patch: int, num_heads: int, epochs: int,
-                batch: int, lr: float, weight_decay: float, seed: int, device: torch.device) -> dict:
-    """Train the depth probe on one view's tokens per window and its depth targets (TARGET_KEYS), kept
-    or streamed; the curve is the validation AbsRel per epoch. The head starts at the mean depth of the
-    first training batch's windows. `mean_*` score the training windows' mean depth at each pixel
+def train_depth(train: Source, val: Source, make_probe: Callable[[], nn.Module], *, epochs: int, batch: int,
+                lr: float, weight_decay: float, seed: int, device: torch.device, temporal: float = 0.0) -> dict:
+    """Train a depth probe (`make_probe()`: DepthProbe or TemporalDepthHead, built after seeding) on one
+    view's tokens per window and its depth targets (TARGET_KEYS), kept or streamed, with the L1 loss plus
+    `temporal` times the temporal gradient loss; the curve is the validation AbsRel per epoch. The head
+    starts at the mean depth of the first training batch's windows. `mean_*` score the training windows' mean depth at each pixel
     (summed over the first epoch), the reading a probe that ignores the tokens could reach.
     `train_absrel` scores the kept training windows after training; streamed, the last epoch's."""
     torch.manual_seed(seed)
-    probe = DepthProbe(train.width, grid, patch, num_heads).to(device)
+    probe = make_probe().to(device)
     _, depth, valid = train.first(batch)
     if valid.any():  # start from the mean depth rather than 0 m, a few metres off everywhere
-        with torch.no_grad():
-            probe.readout.head.bias.fill_(((depth * valid).sum() / valid.sum()).item())
+        probe.start_at(((depth * valid).sum() / valid.sum()).item())
     running = torch.zeros(3, dtype=torch.float64)  # this epoch's training metric sums
     map_sums = torch.zeros(2, *depth.shape[1:], dtype=torch.float64)  # the first epoch's depth and pixel counts
     base = train.epochs(batch, seed)
@@ -107,7 +117,7 @@ def train_depth(train: Source, val: Source, *, grid: tuple[int, int, int], patch
     def loss(p: torch.nn.Module, x: torch.Tensor, d: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         pred = p(x).float()
         running.add_(metric_sums(pred.detach(), d, v))
-        return depth_loss(pred, d, v)
+        return depth_loss(pred, d, v) + (temporal * temporal_gradient_loss(pred, d, v) if temporal else 0.0)
 
     scores, mean_map = [], []
 

@@ -22,7 +22,7 @@ from ivn_fast.data.health import SkipCounter
 from ivn_fast.data.loader import split_batches
 from ivn_fast.data.windows import WindowList
 from ivn_fast.fit import Batches, shuffled
-from ivn_fast.models.encoder import VideoEncoder
+from ivn_fast.models.encoder import EncoderOutput, VideoEncoder
 from ivn_fast.train.distributed import World
 
 log = logging.getLogger("ivn_fast")
@@ -39,6 +39,25 @@ def view_tokens(encoder: VideoEncoder, video: torch.Tensor, device: torch.device
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         out = encoder(video.flatten(0, 1).to(device, non_blocking=True)).tokens.float()
     return (out.mean(1, keepdim=True) if pool else out).unflatten(0, video.shape[:2])
+
+
+class LayerTokens(torch.nn.Module):
+    """An encoder's tokens after several blocks, side by side along channels: what a head that reads
+    intermediate layers (the temporal depth head) is fed, through the same kept or streamed sources."""
+
+    def __init__(self, encoder: VideoEncoder, layers: Sequence[int]):
+        super().__init__()
+        self.encoder, self.layers, self.cfg = encoder, tuple(layers), encoder.cfg
+
+    @property
+    def width(self) -> int:
+        return len(self.layers) * self.encoder.width
+
+    def forward(self, video: torch.Tensor) -> EncoderOutput:
+        blocks = sorted(set(self.layers))  # a block named twice is returned once
+        out = self.encoder(video, return_layers=tuple(blocks))
+        by_block = dict(zip(blocks, out.layers))
+        return EncoderOutput(torch.cat([by_block[i] for i in self.layers], -1), [], out.grid)
 
 
 @torch.no_grad()

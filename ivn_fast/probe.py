@@ -39,8 +39,9 @@ Dense tasks, one view per window, each with its own readout:
   a readout predicts its box in every later frame; the result is the mean IoU, beside the IoU of
   keeping the first box (`static_miou`), which the readout starts from.
 - depth (the paper's ScanNet / KITTI probe; `ivn_fast.depth`): `synthetic:depth[:CLIPS]`, or depth
-  lists (`.jsonl`, frames and depth maps per line). One query per output patch; AbsRel and delta1,
-  beside those of the training windows' mean depth map (`mean_absrel`, `mean_delta1`).
+  lists (`.jsonl`, frames and depth maps per line). One query per output patch (or, `--head vda`,
+  Video Depth Anything's DPT head with temporal modules on four blocks); AbsRel and delta1, beside
+  those of the training windows' mean depth map (`mean_absrel`, `mean_delta1`).
 """
 
 from __future__ import annotations
@@ -67,11 +68,12 @@ from ivn_fast.data.synthetic import LABELS, SyntheticVideos
 from ivn_fast.data.transforms import denormalize
 from ivn_fast.depth import TARGET_KEYS as DEPTH_KEYS
 from ivn_fast.depth import DepthList, synthetic_depth, train_depth
-from ivn_fast.features import Kept, Source, Streamed, cached_encode, encode, gather_rows
+from ivn_fast.features import Kept, LayerTokens, Source, Streamed, cached_encode, encode, gather_rows
 from ivn_fast.fit import fit
 from ivn_fast.models.attention_table import configure as configure_attention
 from ivn_fast.models.encoder import VideoEncoder
-from ivn_fast.models.probe import PROBE_KINDS, build_probe
+from ivn_fast.models.depth_head import TemporalDepthHead, dpt_layers
+from ivn_fast.models.probe import PROBE_KINDS, DepthProbe, build_probe
 from ivn_fast.tracking import TARGET_KEYS as TRACK_KEYS
 from ivn_fast.tracking import BoxList, later_frames, synthetic_tracks, train_tracker
 from ivn_fast.train.distributed import (World, broadcast_object, data_parallel, init_distributed, mean_over_ranks,
@@ -324,8 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_options(parser, "synthetic:LABEL[:CLIPS] (LABEL shape, direction, speed, track or depth), video "
                               "lists ('path label' per line), or a box or depth list (.jsonl)")
-    parser.add_argument("--head", default="attentive", choices=PROBE_KINDS,
-                        help="attentive (V-JEPA's) or linear on mean-pooled tokens")
+    parser.add_argument("--head", default="attentive", choices=(*PROBE_KINDS, "vda"),
+                        help="attentive (V-JEPA's) or linear on mean-pooled tokens; for depth, attentive (one "
+                             "query per patch) or vda (Video Depth Anything's head: a DPT decoder on four blocks "
+                             "with temporal modules, plus its temporal gradient loss)")
     add_fit_options(parser, "the probe", epochs=EPOCHS, batch=BATCH, lr=LR, weight_decay=WEIGHT_DECAY)
     parser.add_argument("--heads", type=int, default=0, help="attention heads of the attentive probe "
                                                              "(0: the encoder's)")
@@ -389,9 +393,12 @@ def window_task(spec: str, split: str, *, frames: int, size: int, root: str) -> 
 
 def _check_dense(args: argparse.Namespace, tasks: dict[str, Task]) -> None:
     kind = tasks["train"].label
-    if kind in DENSE and (args.segments * args.crops > 1 or args.head != "attentive" or args.cache_dir):
+    heads = ("attentive", "vda") if kind == "depth" else ("attentive",)
+    if kind in DENSE and (args.segments * args.crops > 1 or args.head not in heads or args.cache_dir):
         raise ValueError(f"the {kind} probe reads one view per window with its own readout: leave --segments, "
-                         "--crops, --head and --cache-dir at their defaults")
+                         f"--crops and --cache-dir at their defaults, and --head at {' or '.join(heads)}")
+    if kind not in DENSE and args.head == "vda":
+        raise ValueError("--head vda is a depth head: classification takes attentive or linear")
 
 
 def task_labels(task: Task) -> list[int]:
@@ -495,24 +502,31 @@ def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
           world: World) -> dict:
     """Train the depth readout on kept or streamed tokens; the record and what to print and draw. With
     --plot, PLOT-depth.png shows validation windows' frames, true and predicted depth."""
-    source, mode, _ = sources(args, encoder, tasks, device, world, keys=DEPTH_KEYS)
     patch = encoder.cfg.patch_size
     frames, size = tasks["train"].spec["frames"], tasks["train"].spec["size"]
-    result = train_depth(source["train"], source["val"], grid=(frames, size // patch, size // patch), patch=patch,
-                         num_heads=args.heads or encoder.cfg.num_heads, epochs=args.epochs, batch=args.batch,
-                         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
+    grid = (frames, size // patch, size // patch)
+    if args.head == "vda":  # four blocks' tokens, a DPT decoder with temporal modules, temporal gradient loss
+        features = LayerTokens(encoder, dpt_layers(len(encoder.blocks)))
+        make, temporal = (lambda: TemporalDepthHead(encoder.width, grid, patch, encoder.num_cls)), 1.0
+    else:
+        features = encoder
+        make, temporal = (lambda: DepthProbe(encoder.width, grid, patch, args.heads or encoder.cfg.num_heads)), 0.0
+    source, mode, _ = sources(args, features, tasks, device, world, keys=DEPTH_KEYS)
+    result = train_depth(source["train"], source["val"], make, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                         weight_decay=args.weight_decay, seed=args.seed, device=device, temporal=temporal)
     probe = result.pop("probe")
-    summary = (f"depth probe{' (random encoder)' if args.random_init else ''}: AbsRel {result['absrel']:.3f}, "
+    head = "temporal DPT head" if args.head == "vda" else "query head"
+    summary = (f"depth probe ({head}{', random encoder' if args.random_init else ''}): AbsRel {result['absrel']:.3f}, "
                f"delta1 {result['delta1']:.3f} (training mean depth map: AbsRel {result['mean_absrel']:.3f}, "
                f"delta1 {result['mean_delta1']:.3f}; training windows AbsRel {result['train_absrel']:.3f})")
     if args.plot and world.is_main:
         save_curves({"validation AbsRel": {"probe": result["curve"]}, "validation delta1": {"probe":
                      result["delta1_curve"]}, "training loss": {"L1 (m)": result["train_loss"]}}, args.plot,
-                    f"depth probe, {_encoder_name(args)}", baseline={"validation AbsRel": result["mean_absrel"],
+                    f"depth probe ({head}), {_encoder_name(args)}", baseline={"validation AbsRel": result["mean_absrel"],
                                                                    "validation delta1": result["mean_delta1"]},
                     baseline_label="mean depth map")
         save_depth_grid(probe, source["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-depth.png"))
-    return {"task": "depth", **result, "features": mode, "summary": summary}
+    return {"task": "depth", "head": args.head, **result, "features": mode, "summary": summary}
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from ivn_fast.data.synthetic import SyntheticVideos
-from ivn_fast.depth import DepthList, synthetic_depth, depth_loss, depth_metrics, train_depth
+from ivn_fast.depth import DepthList, synthetic_depth, depth_loss, depth_metrics, temporal_gradient_loss, train_depth
+from ivn_fast.models.depth_head import TemporalDepthHead, dpt_layers
 from ivn_fast.models.probe import DepthProbe
 from ivn_fast.features import Kept
 from ivn_fast.probe import main as probe_main
@@ -51,11 +52,48 @@ def _patch_depths(n: int, seed: int, grid=(2, 2, 2), patch=2, dim=24):
 
 
 def test_readout_learns_depth_from_the_tokens():
-    result = train_depth(_patch_depths(512, 0), _patch_depths(128, 1), grid=(2, 2, 2), patch=2, num_heads=2,
+    result = train_depth(_patch_depths(512, 0), _patch_depths(128, 1), lambda: DepthProbe(24, (2, 2, 2), 2, 2),
                          epochs=30, batch=32, lr=3e-3, weight_decay=0.0, seed=0, device=torch.device("cpu"))
     assert result["mean_absrel"] > 0.3
     assert result["absrel"] < result["mean_absrel"] / 2 and result["delta1"] > result["mean_delta1"] + 0.2, result
     assert len(result["curve"]) == 30 and result["curve"][-1] == result["absrel"]
+
+
+def test_temporal_head_starts_at_the_mean_and_its_frames_see_each_other():
+    torch.manual_seed(0)
+    assert dpt_layers(12) == (2, 5, 8, 11) and dpt_layers(24) == (5, 11, 17, 23) and dpt_layers(2) == (0, 0, 0, 1)
+    head = TemporalDepthHead(16, (3, 2, 2), 4, 1, features=16, channels=(8, 8, 16, 16), num_heads=2).eval()
+    tokens = torch.randn(2, 1 + 3 * 4, 4 * 16)
+    head.start_at(2.5)
+    assert head(tokens).shape == (2, 3, 8, 8) and torch.allclose(head(tokens), torch.full((2, 3, 8, 8), 2.5))
+    torch.nn.init.normal_(head.out[-2].weight)
+    moved = tokens.clone()
+    moved[:, 1:5] += 1.0  # frame 0's tokens
+    # the temporal modules start as the identity: each frame is decoded on its own
+    assert torch.equal(head(moved)[:, 2], head(tokens)[:, 2]) and not torch.equal(head(moved)[:, 0], head(tokens)[:, 0])
+    for module in head.temporal:
+        torch.nn.init.normal_(module.block.attn.proj.weight, std=0.1)
+    assert not torch.allclose(head(moved)[:, 2], head(tokens)[:, 2])
+
+
+def test_temporal_gradient_loss_of_known_depths():
+    pred = torch.tensor([[[1.0], [2.0], [2.0]]])  # [B=1, T=3, 1 pixel]
+    true = torch.tensor([[[1.0], [1.5], [3.0]]])
+    valid = torch.tensor([[[True], [True], [True]]])
+    # changes 1 and 0 against 0.5 and 1.5
+    assert temporal_gradient_loss(pred, true, valid).item() == pytest.approx((0.5 + 1.5) / 2)
+    valid[0, 2] = False
+    assert temporal_gradient_loss(pred, true, valid).item() == pytest.approx(0.5)
+
+
+def test_temporal_head_learns_depth_from_the_tokens():
+    train, val = _patch_depths(256, 0), _patch_depths(64, 1)
+    for source in (train, val):
+        source.tokens = source.tokens.repeat(1, 1, 1, 4)  # the same tokens at each of the four blocks
+    make = lambda: TemporalDepthHead(24, (2, 2, 2), 2, 1, features=16, channels=(8, 8, 16, 16), num_heads=2)  # noqa: E731
+    result = train_depth(train, val, make, epochs=15, batch=32, lr=3e-3, weight_decay=0.0, seed=0,
+                         device=torch.device("cpu"), temporal=1.0)
+    assert result["absrel"] < result["mean_absrel"] / 2, result
 
 
 def test_synthetic_depth_puts_the_shape_in_front_of_the_backdrop():
@@ -128,6 +166,13 @@ def test_cli_depth_on_synthetic_clips_and_a_depth_list(tiny_checkpoint, tmp_path
     assert streamed["features"] == "stream" and record["features"] == "memory"
     torch.testing.assert_close(torch.tensor(streamed["curve"]), torch.tensor(record["curve"]), rtol=1e-4, atol=1e-5)
     assert streamed["mean_absrel"] == pytest.approx(record["mean_absrel"], rel=1e-5)
+    assert probe_main(args[:-4] + ["--head", "vda", "--json", str(tmp_path / "v.json")]) == 0
+    vda = json.loads((tmp_path / "v.json").read_text())
+    assert vda["head"] == "vda" and 0 < vda["absrel"] < 1 and vda["curve"] != record["curve"]
+    assert "temporal DPT head" in capsys.readouterr().out
+    assert probe_main(args[:2] + ["--train-list", "synthetic:shape:8", "--val-list", "synthetic:shape:8",
+                                  "--head", "vda"]) == 2
+    assert "a depth head" in capsys.readouterr().err
     lines = []
     for i in range(5):
         frames, maps = _write_depth_window(tmp_path, f"w{i}", 4, size=(64, 48), value=1000 + 500 * i)

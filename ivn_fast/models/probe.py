@@ -113,6 +113,11 @@ class DepthProbe(nn.Module):
         self.grid, self.patch = grid, patch
         self.readout = AttentiveProbe(dim, patch * patch, num_heads, num_queries=math.prod(grid))
 
+    def start_at(self, depth: float) -> None:
+        """Start every patch's readout at `depth` metres."""
+        with torch.no_grad():
+            self.readout.head.bias.fill_(depth)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return unpatchify(self.readout(tokens), self.patch, self.grid, channels=1)[:, 0]
 
