@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from ivn_fast.config import EncoderConfig, from_dict
 from ivn_fast.models.convert import convert_released_encoder, read_released, released_encoder_config
 from ivn_fast.models.encoder import VideoEncoder
-from ivn_fast.models.predictor import Predictor
-from ivn_fast.train.checkpoint import load_checkpoint
+from ivn_fast.models.predictor import Predictor, build_predictor
+from ivn_fast.train.checkpoint import load_full, load_meta
 from ivn_fast.train.stage1 import token_grid
 
 WEIGHTS, CONFIG = "encoder.safetensors", "encoder.json"
@@ -33,9 +33,9 @@ WEIGHTS, CONFIG = "encoder.safetensors", "encoder.json"
 
 def _checkpoint_encoder(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(encoder weights, metadata) of a training checkpoint of either stage."""
-    state = load_checkpoint(checkpoint)
+    state = load_meta(checkpoint)
     cfg = from_dict(state["config"])
-    weights = {k[len("encoder."):]: v.contiguous() for k, v in state["model"].items() if k.startswith("encoder.")}
+    weights = {k: v.contiguous() for k, v in load_full(checkpoint, "model", "encoder.").items()}
     if not weights:
         raise ValueError(f"{checkpoint} holds no encoder weights")
     meta = {"encoder": dataclasses.asdict(cfg.model.encoder), "grid": list(token_grid(cfg)),
@@ -101,17 +101,13 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu", *, rand
     path = Path(path)
     if not (path / "state.pt").is_file():
         raise ValueError(f"{path} is not a training checkpoint (step_XXXXXXXX): only those hold the predictor")
-    state = load_checkpoint(path)
-    weights = {k[len("predictor."):]: v for k, v in state["model"].items() if k.startswith("predictor.")}
+    weights = load_full(path, "model", "predictor.")
     if not weights:
         raise ValueError(f"{path} holds no predictor (its run trained no reconstruction)")
-    cfg = from_dict(state["config"])
-    enc, p = cfg.model.encoder, cfg.model.predictor
+    cfg = from_dict(load_meta(path)["config"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        predictor = Predictor(enc_dim=enc.embed_dim, num_cls=enc.num_cls, grid=token_grid(cfg), kind=p.kind,
-                              path=p.path or None, num_layers=p.num_layers, init=False, vit_depth=p.vit_depth,
-                              vit_width=p.vit_width, vit_heads=p.vit_heads)
+        predictor = build_predictor(cfg.model, token_grid(cfg), init=False)
     if not random_init:
         predictor.load_state_dict(weights)
     return predictor.to(device).eval()

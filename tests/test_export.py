@@ -8,7 +8,7 @@ from ivn_fast.config import EncoderConfig, from_dict
 from ivn_fast.export import main as export_main
 from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.pretrain import main as pretrain_main
-from ivn_fast.train.checkpoint import latest_checkpoint, load_checkpoint
+from ivn_fast.train.checkpoint import latest_checkpoint, load_checkpoint, load_full
 from ivn_fast.train.stage1 import token_grid
 
 TINY = ["--train.progress", "false", "--train.tensorboard", "false", "--data.num_workers", "0",
@@ -28,7 +28,10 @@ def test_export_round_trips_the_features(ckpt, tmp_path):
     state = load_checkpoint(ckpt)
     cfg = from_dict(state["config"])
     original = VideoEncoder(cfg.model.encoder, token_grid(cfg)).eval()
-    original.load_state_dict({k[8:]: v for k, v in state["model"].items() if k.startswith("encoder.")})
+    encoder_weights = {k[8:]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    original.load_state_dict(encoder_weights)
+    part = load_full(ckpt, "model", "encoder.")  # only the encoder's tensors are read
+    assert part.keys() == encoder_weights.keys() and all(torch.equal(part[k], v) for k, v in encoder_weights.items())
     loaded = ivn_fast.load_encoder(tmp_path / "enc")
     assert isinstance(loaded.cfg, EncoderConfig) and not loaded.training
     video = torch.randn(2, 3, 4, 56, 56)  # another clip size than training: tables are resized

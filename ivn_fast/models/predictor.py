@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ivn_fast.config import ModelConfig
 from ivn_fast.models.layers import Block
 from ivn_fast.models.modernbert import load_modernbert_layers
 from ivn_fast.models.pos_embed import resize_table, sincos_3d
@@ -85,3 +86,12 @@ class Predictor(nn.Module):
         for layer in self.layers:
             h = layer(h)
         return h[:, nc:]
+
+
+def build_predictor(cfg: ModelConfig, grid: tuple[int, int, int], *, init: bool) -> Predictor:
+    """The predictor `cfg` describes, fitted to its encoder, at `grid`; `init` copies ModernBERT's
+    pretrained weights (Stage 1's start), else the shapes alone (weights loaded after)."""
+    enc, p = cfg.encoder, cfg.predictor
+    return Predictor(enc_dim=enc.embed_dim, num_cls=enc.num_cls, grid=grid, kind=p.kind, path=p.path or None,
+                     num_layers=p.num_layers, init=init, vit_depth=p.vit_depth, vit_width=p.vit_width,
+                     vit_heads=p.vit_heads)

@@ -18,7 +18,7 @@ from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.heads import AttentionPool, ProjectionHead
 from ivn_fast.models.patches import patchify
 from ivn_fast.models.pos_embed import resize_table, sincos_3d
-from ivn_fast.models.predictor import Predictor
+from ivn_fast.models.predictor import build_predictor
 from ivn_fast.models.tokens import gather_tokens, masked_complement
 
 
@@ -58,12 +58,7 @@ class Stage1Model(nn.Module):
             self.final_head = ProjectionHead(cfg.pool_dim, teacher_final_width, l2=True)
         self.recon = recon
         if recon:
-            p = cfg.predictor
-            self.predictor = Predictor(
-                enc_dim=enc.embed_dim, num_cls=enc.num_cls, grid=grid, kind=p.kind, path=p.path or None,
-                num_layers=p.num_layers, init=p.init, vit_depth=p.vit_depth, vit_width=p.vit_width,
-                vit_heads=p.vit_heads,
-            )
+            self.predictor = build_predictor(cfg, grid, init=cfg.predictor.init)
             d = cfg.decoder
             self.decoder = build_decoder(
                 d.kind, self.predictor.width, 3 * enc.patch_size**2, width=d.width, depth=d.depth,

@@ -20,7 +20,7 @@ from ivn_fast.models.encoder import VideoEncoder
 from ivn_fast.models.heads import ProjectionHead
 from ivn_fast.models.patches import patchify
 from ivn_fast.models.pos_embed import resize_table
-from ivn_fast.models.predictor import Predictor
+from ivn_fast.models.predictor import build_predictor
 from ivn_fast.models.teacher import SemanticTeacher
 from ivn_fast.models.tokens import gather_tokens, masked_complement
 
@@ -40,14 +40,10 @@ class Stage2Student(nn.Module):
     def __init__(self, cfg: ModelConfig, grid: tuple[int, int, int], target_dim: int, *,
                  visible_head: bool = False, recon: bool = False):
         super().__init__()
-        enc, p = cfg.encoder, cfg.predictor
+        enc = cfg.encoder
         self.grid = tuple(grid)
         self.encoder = VideoEncoder(enc, grid)
-        self.predictor = Predictor(
-            enc_dim=enc.embed_dim, num_cls=enc.num_cls, grid=grid, kind=p.kind, path=p.path or None,
-            num_layers=p.num_layers, init=False, vit_depth=p.vit_depth, vit_width=p.vit_width,
-            vit_heads=p.vit_heads,
-        )
+        self.predictor = build_predictor(cfg, grid, init=False)
         self.head = ProjectionHead(self.predictor.width, target_dim, l2=True)
         self.visible_head = ProjectionHead(enc.embed_dim, target_dim, l2=True) if visible_head else None
         self.decoder = None

@@ -176,12 +176,13 @@ def load_tensors_into(path: Path, tensors: dict[str, Any]) -> None:
         dcp.load(tensors, checkpoint_id=_dir(path), no_dist=not dist.is_initialized())
 
 
-def load_full(path: Path, section: str) -> dict[str, torch.Tensor]:
+def load_full(path: Path, section: str, part: str = "") -> dict[str, torch.Tensor]:
     """Every tensor of one saved section (e.g. "model") unsharded, on the CPU, read by this process
-    alone: for loading weights into another model (Stage 2, export, probes)."""
+    alone: for loading weights into another model (Stage 2, export, probes). With `part` (e.g.
+    "encoder."), only the tensors under it are read, named without it."""
     path = _dir(path)
     reader = dcp.FileSystemReader(path)
-    prefix = section + "."
+    prefix = f"{section}.{part}"
     out = {key: torch.empty(m.size, dtype=m.properties.dtype)
            for key, m in reader.read_metadata().state_dict_metadata.items()
            if key.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
