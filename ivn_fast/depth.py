@@ -94,8 +94,9 @@ def train_depth(train: Source, val: Source, make_probe: Callable[[], nn.Module],
     """Train a depth probe (`make_probe()`: DepthProbe or TemporalDepthHead, built after seeding) on one
     view's tokens per window and its depth targets (TARGET_KEYS), kept or streamed, with the L1 loss plus
     `temporal` times the temporal gradient loss; the curve is the validation AbsRel per epoch. The head
-    starts at the mean depth of the first training batch's windows. `mean_*` score the training windows' mean depth at each pixel
-    (summed over the first epoch), the reading a probe that ignores the tokens could reach.
+    starts at the mean depth of the first training batch's windows. `mean_*` score the training
+    windows' mean depth at each pixel (summed over the first epoch), the reading a probe that ignores
+    the tokens could reach.
     `train_absrel` scores the kept training windows after training; streamed, the last epoch's."""
     torch.manual_seed(seed)
     probe = make_probe().to(device)

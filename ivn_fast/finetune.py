@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from ivn_fast.config import DataConfig, OptimConfig
+from ivn_fast.config import AC_MODES, DataConfig, OptimConfig
 from ivn_fast.data.health import SkipCounter, TooManyBadSamples
 from ivn_fast.data.loader import split_batches
 from ivn_fast.data.mixing import mix, soft_targets
@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=4, help="DataLoader processes per GPU that decode clips")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head, the data order and the augmentation")
     add_device_options(parser, "the whole model's forward and backward; the loss in float32")
-    parser.add_argument("--activation-checkpointing", default="none", choices=("none", "op", "selective", "full"),
+    parser.add_argument("--activation-checkpointing", default="none",
+                        choices=tuple(m for m in AC_MODES if m != "budget"),  # budget needs compile's partitioner
                         help="recompute encoder activations in the backward pass to fit larger batches: every "
                              "block (full), every other block (selective), or every block keeping its matrix "
                              "products and attention outputs (op). 16 ViT-L clips of 16 frames need it on 80 GB")

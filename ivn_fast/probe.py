@@ -522,8 +522,8 @@ def depth(args: argparse.Namespace, encoder: VideoEncoder, tasks: dict[str, Task
     if args.plot and world.is_main:
         save_curves({"validation AbsRel": {"probe": result["curve"]}, "validation delta1": {"probe":
                      result["delta1_curve"]}, "training loss": {"L1 (m)": result["train_loss"]}}, args.plot,
-                    f"depth probe ({head}), {_encoder_name(args)}", baseline={"validation AbsRel": result["mean_absrel"],
-                                                                   "validation delta1": result["mean_delta1"]},
+                    f"depth probe ({head}), {_encoder_name(args)}",
+                    baseline={"validation AbsRel": result["mean_absrel"], "validation delta1": result["mean_delta1"]},
                     baseline_label="mean depth map")
         save_depth_grid(probe, source["val"], tasks["val"].data, args.plot.with_name(f"{args.plot.stem}-depth.png"))
     return {"task": "depth", "head": args.head, **result, "features": mode, "summary": summary}

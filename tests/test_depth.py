@@ -90,7 +90,9 @@ def test_temporal_head_learns_depth_from_the_tokens():
     train, val = _patch_depths(256, 0), _patch_depths(64, 1)
     for source in (train, val):
         source.tokens = source.tokens.repeat(1, 1, 1, 4)  # the same tokens at each of the four blocks
-    make = lambda: TemporalDepthHead(24, (2, 2, 2), 2, 1, features=16, channels=(8, 8, 16, 16), num_heads=2)  # noqa: E731
+    def make() -> TemporalDepthHead:
+        return TemporalDepthHead(24, (2, 2, 2), 2, 1, features=16, channels=(8, 8, 16, 16), num_heads=2)
+
     result = train_depth(train, val, make, epochs=15, batch=32, lr=3e-3, weight_decay=0.0, seed=0,
                          device=torch.device("cpu"), temporal=1.0)
     assert result["absrel"] < result["mean_absrel"] / 2, result
